@@ -1,0 +1,19 @@
+"""Every bus name, object path, interface, error name and polkit action id, in one place."""
+
+from typing import Final
+
+BUS_NAME: Final = "org.pnp.Broker"
+OBJECT_PATH: Final = "/org/pnp/Broker"
+INTERFACE: Final = "org.pnp.Broker1"
+
+# The signature of the Event signal and of one GetEvents row.
+EVENT_SIGNATURE: Final = "tsssa{ss}a{sv}"
+
+ERROR_PREFIX: Final = "org.pnp.Broker1.Error"
+ERROR_NOT_AUTHORIZED: Final = f"{ERROR_PREFIX}.NotAuthorized"
+ERROR_INVALID_ARGS: Final = f"{ERROR_PREFIX}.InvalidArguments"
+ERROR_FAILED: Final = f"{ERROR_PREFIX}.Failed"
+ERROR_JOURNAL_GAP: Final = f"{ERROR_PREFIX}.NoLongerJournalled"
+
+ACTION_TRIGGER: Final = "org.pnp.Broker.trigger"
+ACTION_CONTROL: Final = "org.pnp.Broker.control"
