@@ -1,0 +1,7 @@
+"""``python -m pnpbroker``."""
+
+import sys
+
+from pnpbroker.cli import main
+
+sys.exit(main())

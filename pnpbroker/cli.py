@@ -1,0 +1,117 @@
+"""Command line: argument parsing, exit codes and wiring. No logic of its own.
+
+Exit codes (as mdevd): 0 clean stop, 1 bad input on a stream, 2 bad configuration,
+100 usage error, 111 a system call failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pnpbroker import __version__, config
+from pnpbroker.errors import ConfigError, SourceError
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_CONFIG, EXIT_USAGE, EXIT_SYSTEM = 0, 1, 2, 100, 111
+
+log = logging.getLogger("pnpbroker")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on usage errors; 2 means a bad configuration here."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, help=f"TOML file (default {config.DEFAULT_PATH})"
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, help="journal directory (default /var/lib/pnpbroker)"
+    )
+    program = parser.add_mutually_exclusive_group()
+    program.add_argument(
+        "-p",
+        "--hotplug-program",
+        metavar="PATH",
+        help="legacy program run per event (default /sbin/hotplug if executable)",
+    )
+    program.add_argument("--no-program", action="store_true", help="run no legacy program")
+    parser.add_argument(
+        "-t", "--timeout", type=float, help="seconds a program may run (default 180)"
+    )
+    parser.add_argument(
+        "--receive-buffer", help="netlink receive buffer, bytes or 64M (default 128M)"
+    )
+    parser.add_argument("--bus-address", help="D-Bus address (default: the system bus)")
+    parser.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="print what would run for each event; no journal, no bus",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pnpbroker", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"pnpbroker {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = commands.add_parser("run", help="read kernel uevents, run the legacy program, publish")
+    _run_arguments(run)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for key in ("state_dir", "hotplug_program", "timeout", "receive_buffer", "bus_address"):
+        value = getattr(args, key)
+        if value is not None:
+            found[key] = str(value) if isinstance(value, Path) else value
+    if args.no_program:
+        found["hotplug_program"] = ""
+    if args.verbose:
+        found["log_level"] = "debug"
+    return found
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, format="pnpbroker: %(levelname)s: %(message)s")
+    log.setLevel(level.upper())
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pnpbroker import runner  # the heavy imports only for the daemon
+
+    overrides = _overrides(args)
+    try:
+        cfg = config.load(args.config, overrides)
+    except ConfigError as exc:
+        _setup_logging("info")
+        log.error("bad configuration: %s", exc)
+        return EXIT_CONFIG
+    _setup_logging(cfg.log_level)
+    try:
+        return asyncio.run(runner.serve(cfg, args.config, overrides, dry_run=args.dry_run))
+    except SourceError as exc:
+        log.error("%s", exc)
+        return EXIT_SYSTEM
+    except OSError as exc:
+        log.error("system call failed: %s", exc)
+        return EXIT_SYSTEM
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _cmd_run(args)
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE

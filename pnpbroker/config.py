@@ -1,0 +1,106 @@
+"""The broker's configuration: a frozen value from a TOML file, then command-line overrides.
+
+Every error names the key it is about. Unknown keys are errors too: a typo must not silently
+leave a default in force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pnpbroker.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/pnpbroker/pnpbroker.toml")
+LEGACY_PROGRAM = Path("/sbin/hotplug")
+_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def default_program() -> str:
+    """/sbin/hotplug when it exists and is executable, otherwise no program."""
+    return str(LEGACY_PROGRAM) if os.access(LEGACY_PROGRAM, os.X_OK) else ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the broker can be told; see the README's configuration table."""
+
+    hotplug_program: str = field(default_factory=default_program)
+    timeout: float = 180.0
+    kill_grace: float = 5.0
+    state_dir: Path = Path("/var/lib/pnpbroker")
+    receive_buffer: int = 128 << 20
+    retention_events: int = 100_000
+    retention_days: float = 7.0
+    log_level: str = "info"
+    bus_address: str = ""
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _size(key: str, value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value[-1:].upper() in _SUFFIXES and value[:-1].isdigit():
+        return int(value[:-1]) * _SUFFIXES[value[-1].upper()]
+    raise ConfigError(key, f'expected a size in bytes (e.g. 134217728 or "128M"), got {value!r}')
+
+
+def _number(key: str, value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ConfigError(key, f"expected a positive number, got {value!r}")
+
+
+def _convert(key: str, value: object) -> object:
+    if key in ("timeout", "kill_grace", "retention_days"):
+        return _number(key, value)
+    if key in ("receive_buffer", "retention_events"):
+        number = _size(key, value)
+        if number <= 0:
+            raise ConfigError(key, f"must be positive, got {number}")
+        return number
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    if key == "state_dir":
+        return Path(value)
+    if key == "log_level" and value not in _LEVELS:
+        raise ConfigError(key, f"expected one of {', '.join(_LEVELS)}, got {value!r}")
+    return value
+
+
+def from_mapping(data: Mapping[str, object], base: Config | None = None) -> Config:
+    """Apply ``data`` (TOML keys or overrides) on top of ``base``."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(key, "unknown key")
+        changes[key] = _convert(key, value)
+    return (base or Config()).replace(**changes)
+
+
+def load(path: Path | None, overrides: Mapping[str, object] = {}) -> Config:
+    """Read ``path`` (the default path may be missing), then apply command-line overrides."""
+    data: Mapping[str, object] = {}
+    where = path or DEFAULT_PATH
+    try:
+        with where.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        if path is not None:
+            raise ConfigError(str(where), "no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(where), f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(str(where), exc.strerror or str(exc)) from None
+    return from_mapping(overrides, from_mapping(data))

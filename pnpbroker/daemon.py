@@ -1,0 +1,257 @@
+"""The broker core: wires source -> journal -> sequencer -> publisher, and keeps the bus up.
+
+One asyncio loop. The reader drains the source in its ``add_reader`` callback and journals each
+batch in one transaction before anything else happens to it. The sequencer and the publisher run
+as tasks. The bus keeper reconnects when the bus goes away; meanwhile events are still read,
+journalled and handled, and published once a link is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from dbus_fast.errors import DBusError
+
+from pnpbroker import names
+from pnpbroker.busconn import BusLink, NameTaken
+from pnpbroker.config import Config
+from pnpbroker.errors import ForgedSender, MalformedUevent
+from pnpbroker.hotplug import Handler, ProgramHandler, ProgramRunner
+from pnpbroker.journal import Journal, Record
+from pnpbroker.notify import sd_notify
+from pnpbroker.publisher import Publisher
+from pnpbroker.sequencer import Sequencer
+from pnpbroker.service import BrokerInterface
+from pnpbroker.sources import Overflow, Source, check
+from pnpbroker.uevent import Uevent
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_SECONDS = 5.0
+SHUTDOWN_PUBLISH_SECONDS = 10.0
+#: Log the first N of each kind of rejected datagram, then one in every M.
+_LOG_FIRST, _LOG_EVERY = 10, 1000
+
+
+def make_handler(config: Config, runner: ProgramRunner) -> Handler | None:
+    """The legacy handler the configuration asks for; None when no program is configured."""
+    if not config.hotplug_program:
+        return None
+    return ProgramHandler(config.hotplug_program, runner)
+
+
+class Broker:
+    """The core behind the D-Bus object; owns the journal, the stages and the counters."""
+
+    def __init__(self, config: Config, source: Source, journal: Journal) -> None:
+        self.config = config
+        self.source = source
+        self.journal = journal
+        self.stats: Counter[str] = Counter()
+        self.runner = ProgramRunner(config.timeout, config.kill_grace)
+        self.sequencer = Sequencer(journal, make_handler(config, self.runner), self._handled)
+        self.publisher = Publisher(journal, on_published=self._published)
+        self.interface = BrokerInterface(self)
+        self.link: BusLink | None = None
+        self.exit_code = 0
+        self.reload_hook: Callable[[], Config] | None = None
+        self._stop = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._ready = False
+
+    # The service's view (pnpbroker.service.Core).
+    def events_after(self, after: int, limit: int) -> list[Record]:
+        return self.journal.published_after(after, limit)
+
+    @property
+    def last_sequence(self) -> int:
+        return self.journal.published
+
+    @property
+    def oldest_sequence(self) -> int:
+        return self.journal.oldest
+
+    def statistics(self) -> dict[str, int]:
+        stats = dict(self.stats)
+        stats.update(
+            published=self.publisher.count,
+            journalled=self.journal.last,
+            handled=self.journal.handled,
+            queued=self.journal.last - self.journal.handled,
+        )
+        return stats
+
+    # The reader.
+    def _on_readable(self) -> None:
+        events: list[Uevent] = []
+        for item in self.source.read_batch():
+            if isinstance(item, Overflow):
+                self._lost()
+                continue
+            try:
+                events.append(check(item))
+            except ForgedSender as exc:
+                self._reject("forged", exc, item.where)
+            except MalformedUevent as exc:
+                self._reject("malformed", exc, item.where)
+        if events:
+            self.journal.append(events)
+            self.stats["received"] += len(events)
+            self.sequencer.notify()
+        if self.source.eof:
+            asyncio.get_running_loop().remove_reader(self.source.fileno())
+            asyncio.get_running_loop().create_task(self._finish_stream())
+
+    def _reject(self, kind: str, exc: Exception, where: str) -> None:
+        key = f"rejected_{kind}"
+        self.stats[key] += 1
+        count = self.stats[key]
+        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+            at = f" at {where}" if where else ""
+            log.warning("rejected %s datagram%s (%d so far): %s", kind, at, count, exc)
+
+    def _lost(self) -> None:
+        self.stats["overflows"] += 1
+        after = self.journal.last
+        log.error(
+            "KERNEL DROPPED UEVENTS: receive buffer overflow (ENOBUFS) after sequence %d; "
+            "raise receive_buffer (now %d bytes)",
+            after,
+            self.config.receive_buffer,
+        )
+        if self.link is not None:
+            self.link.emit("EventsLost", "ts", [after, ""])
+
+    def _handled(self) -> None:
+        self.publisher.notify()
+
+    def _published(self, through: int) -> None:
+        self._progress.set()
+
+    async def _finish_stream(self) -> None:
+        """A stream source ended: handle and publish what was read, then stop."""
+        log.info(
+            "source ended; finishing %d queued events", self.journal.last - self.journal.published
+        )
+        while self.journal.published < self.journal.last and not self._stop.is_set():
+            self._progress.clear()
+            await self._progress.wait()
+        self.stop()
+
+    # Lifecycle.
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """Re-read the configuration (SIGHUP, Reload()); a bad file keeps the old one."""
+        if self.reload_hook is None:
+            return
+        sd_notify("RELOADING=1")
+        try:
+            config = self.reload_hook()
+        except ValueError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+        else:
+            self.apply(config)
+        sd_notify("READY=1")
+
+    def apply(self, config: Config) -> None:
+        for key in ("state_dir", "receive_buffer", "bus_address"):
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("%s changed: takes effect at the next start", key)
+        self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
+        self.sequencer.handler = make_handler(config, self.runner)
+        self.journal.max_events = config.retention_events
+        self.journal.max_age = config.retention_days * 86400
+        logging.getLogger("pnpbroker").setLevel(config.log_level.upper())
+        self.config = config
+        log.info("configuration reloaded; program: %s", config.hotplug_program or "none")
+
+    async def _keep_bus(self) -> None:
+        delay, warned = 0.2, False
+        while True:
+            try:
+                link = await BusLink.connect(self.config.bus_address or None, self.interface)
+            except NameTaken as exc:
+                log.error("%s; stopping", exc)
+                self.exit_code = 111
+                self.stop()
+                return
+            except (OSError, DBusError, EOFError) as exc:
+                if not warned:
+                    log.warning("system bus unreachable (%s); journalling until it is back", exc)
+                    warned = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            log.info("on the bus as %s (%s)", names.BUS_NAME, link.bus.unique_name)
+            delay, warned = 0.2, False
+            self.link = link
+            self.publisher.attach(link)
+            self._became_ready()
+            await link.wait_closed()
+            self.link = None
+            self.publisher.attach(None)
+
+    def _became_ready(self) -> None:
+        if not self._ready:
+            self._ready = True
+            sd_notify(f"READY=1\nSTATUS=publishing from sequence {self.journal.published + 1}")
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            self.journal.flush()
+            if pruned := self.journal.prune():
+                log.debug("retention removed %d journalled events", pruned)
+
+    async def run(self) -> int:
+        """Serve until stopped; return the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig, action in (
+            (signal.SIGTERM, self.stop),
+            (signal.SIGINT, self.stop),
+            (signal.SIGHUP, self.reload),
+        ):
+            loop.add_signal_handler(sig, action)
+        backlog = self.journal.last - self.journal.published
+        if backlog:
+            log.info("resuming: %d journalled events not yet published", backlog)
+        loop.add_reader(self.source.fileno(), self._on_readable)
+        tasks = [
+            loop.create_task(self.sequencer.run(), name="sequencer"),
+            loop.create_task(self.publisher.run(), name="publisher"),
+            loop.create_task(self._keep_bus(), name="bus"),
+            loop.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        await self._stop.wait()
+        await self._shutdown(tasks)
+        return self.exit_code
+
+    async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+        sd_notify("STOPPING=1")
+        log.info("stopping: finishing the running program")
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.source.fileno())
+        sequencer, publisher, *others = tasks
+        self.sequencer.stop()
+        await sequencer
+        self.publisher.stop()
+        try:
+            await asyncio.wait_for(publisher, SHUTDOWN_PUBLISH_SECONDS)
+        except TimeoutError:
+            log.warning("bus did not take the last signals; they are sent at the next start")
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        if self.link is not None:
+            self.link.close()
+        self.runner.close()
+        self.journal.close()
+        self.source.close()

@@ -1,0 +1,199 @@
+"""The durable queue: every event read is recorded here, with its sequence, before anything runs.
+
+SQLite in WAL mode with ``synchronous=NORMAL``: a committed transaction survives SIGKILL of the
+broker. The journal assigns the public ``sequence`` (1, 2, 3, ...; AUTOINCREMENT keeps it from
+being reused even after retention deleted every row). Two cursors say how far the serial stages
+got: ``handled`` (the legacy program finished, its outcome stored) and ``published`` (the bus
+daemon acknowledged the signal). After a crash, what lies past a cursor is done again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pnpbroker.uevent import Uevent, parse, serialize
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    seqnum   INTEGER NOT NULL,
+    received REAL NOT NULL,
+    uevent   BLOB NOT NULL,
+    handler  TEXT
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    seq  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO cursors VALUES ('handled', 0), ('published', 0);
+"""
+
+Handler = Mapping[str, Any]
+
+#: Recent records kept in memory so the stages do not read back what was just written.
+TAIL_SIZE = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A journalled event: its sequence, the event, and the program's outcome once handled."""
+
+    sequence: int
+    event: Uevent
+    handler: Handler | None
+
+
+class Journal:
+    """The event store shared by the reader, the handler stage, the publisher and GetEvents."""
+
+    def __init__(self, path: Path, max_events: int = 100_000, max_age: float = 7 * 86400) -> None:
+        self.path = path
+        self.max_events = max_events
+        self.max_age = max_age
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.last = self._scalar("SELECT seq FROM sqlite_sequence WHERE name='events'")
+        self.handled = self._cursor("handled")
+        self.published = self._cursor("published")
+        self._dirty = False
+        self._tail: dict[int, Record] = {}
+
+    def _scalar(self, sql: str, *args: object) -> int:
+        row = self._db.execute(sql, args).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _cursor(self, name: str) -> int:
+        return self._scalar("SELECT seq FROM cursors WHERE name=?", name)
+
+    @property
+    def oldest(self) -> int:
+        """The oldest sequence still held (0 when empty)."""
+        return self._scalar("SELECT MIN(seq) FROM events")
+
+    def append(self, events: Sequence[Uevent]) -> int:
+        """Record a batch in one transaction; return the sequence of the last one."""
+        now = time.time()
+        first = self.last + 1
+        rows = [(first + i, e.seqnum, now, serialize(e)) for i, e in enumerate(events)]
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, NULL)", rows)
+        tail = self._tail
+        for (seq, *_), event in zip(rows, events, strict=True):
+            tail[seq] = Record(seq, event, None)
+        while len(tail) > TAIL_SIZE:
+            del tail[next(iter(tail))]
+        self.last += len(rows)
+        return self.last
+
+    def _range(self, after: int, through: int, limit: int) -> list[Record] | None:
+        """Records after..through (at most ``limit``) from memory, or None if not all there."""
+        through = min(through, after + limit)
+        if through <= after:
+            return []
+        tail = self._tail
+        if after + 1 not in tail or through not in tail:
+            return None
+        return [tail[seq] for seq in range(after + 1, through + 1)]
+
+    def _records(self, sql: str, *args: object) -> list[Record]:
+        return [
+            Record(seq, parse(raw), json.loads(handler) if handler is not None else None)
+            for seq, raw, handler in self._db.execute(sql, args)
+        ]
+
+    def unhandled(self, limit: int) -> list[Record]:
+        """The next events whose program has not finished, oldest first."""
+        cached = self._range(self.handled, self.last, limit)
+        if cached is not None:
+            return cached
+        return self._records(
+            "SELECT seq, uevent, NULL FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            self.handled,
+            limit,
+        )
+
+    def record_outcome(self, sequence: int, handler: Handler) -> None:
+        """Store one event's outcome and move the handled cursor past it, durably."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE events SET handler=? WHERE seq=?", (json.dumps(handler), sequence)
+            )
+            self._db.execute("UPDATE cursors SET seq=? WHERE name='handled'", (sequence,))
+        self.handled = sequence
+        record = self._tail.get(sequence)
+        if record is not None:
+            self._tail[sequence] = Record(sequence, record.event, handler)
+
+    def skip_handling(self, through: int) -> None:
+        """No program runs: everything up to ``through`` counts as handled (saved lazily)."""
+        self.handled = max(self.handled, through)
+        self._dirty = True
+
+    def unpublished(self, after: int, limit: int) -> list[Record]:
+        """Handled events with sequence > ``after``, oldest first, for the publisher."""
+        cached = self._range(after, self.handled, limit)
+        if cached is not None:
+            return cached
+        return self._records(
+            "SELECT seq, uevent, handler FROM events WHERE seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?",
+            after,
+            self.handled,
+            limit,
+        )
+
+    def mark_published(self, through: int) -> None:
+        """The bus acknowledged everything up to ``through`` (saved by :meth:`flush`)."""
+        if through > self.published:
+            self.published = through
+            self._dirty = True
+
+    def flush(self) -> None:
+        """Save the lazily kept cursors; losing them only means doing a little work again."""
+        if not self._dirty:
+            return
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE cursors SET seq=? WHERE name=?",
+                [(self.handled, "handled"), (self.published, "published")],
+            )
+        self._dirty = False
+
+    def published_after(self, after: int, limit: int) -> list[Record]:
+        """Published events with sequence > ``after``, oldest first: what GetEvents returns."""
+        return self._records(
+            "SELECT seq, uevent, handler FROM events WHERE seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?",
+            after,
+            self.published,
+            limit,
+        )
+
+    def prune(self) -> int:
+        """Apply retention to published events only; return how many rows went."""
+        keep_from = self.published - self.max_events
+        cutoff = time.time() - self.max_age
+        with self._db:
+            self._db.execute("BEGIN")
+            cur = self._db.execute(
+                "DELETE FROM events WHERE seq <= ? AND (seq <= ? OR received < ?)",
+                (self.published, keep_from, cutoff),
+            )
+        return cur.rowcount
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()

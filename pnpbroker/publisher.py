@@ -1,0 +1,126 @@
+"""The publisher stage: handled events become Event signals, in order, acknowledged by the bus.
+
+It reads handled-but-unpublished records from the journal and emits them on the current bus link.
+Every ``WINDOW`` signals (and whenever it runs out of work) it sends a barrier (``Peer.Ping``);
+a barrier's reply moves the journal's ``published`` cursor. At most two barriers are outstanding,
+which bounds memory and keeps the socket from overflowing. If the link dies, what was not
+acknowledged is sent again on the next link: subscribers drop repeats by sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Protocol
+
+from pnpbroker import names
+from pnpbroker.journal import Journal
+from pnpbroker.service import event_body
+
+log = logging.getLogger(__name__)
+
+WINDOW = 128
+MAX_BARRIERS = 2
+PAGE = 512
+
+
+class Link(Protocol):
+    def emit(self, member: str, signature: str, body: list[Any]) -> None: ...
+
+    def barrier(self) -> asyncio.Future[Any]: ...
+
+
+class LinkLost(Exception):
+    """The bus link failed while signals were in flight."""
+
+
+class Publisher:
+    """Moves the journal's ``published`` cursor forward over whatever link is current."""
+
+    def __init__(self, journal: Journal, on_published: Any = None) -> None:
+        self.journal = journal
+        self.on_published = on_published
+        self._link: Link | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.count = 0
+
+    def attach(self, link: Link | None) -> None:
+        """Use this link from now on (None: the bus is gone, wait for another)."""
+        self._link = link
+        self._wake.set()
+
+    def notify(self) -> None:
+        """New events were handled."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Publish what is handled, then return from :meth:`run`."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            link = self._link
+            if link is None:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                idle = await self._pump(link)
+            except LinkLost:
+                log.warning(
+                    "re-sending from sequence %d on the next bus link", self.journal.published + 1
+                )
+                if self._link is link:
+                    self._link = None
+                continue
+            if idle and self._stopping:
+                return
+            if idle:
+                self._wake.clear()
+                if self.journal.published >= self.journal.handled:
+                    await self._wake.wait()
+
+    async def _pump(self, link: Link) -> bool:
+        """Send everything handled; True once all of it is acknowledged."""
+        sent = self.journal.published
+        barriers: deque[tuple[asyncio.Future[Any], int]] = deque()
+        since_barrier = 0
+        while link is self._link:
+            records = self.journal.unpublished(sent, PAGE)
+            if not records:
+                if since_barrier:
+                    barriers.append((link.barrier(), sent))
+                    since_barrier = 0
+                while barriers:
+                    await self._settle(barriers)
+                self.journal.flush()
+                return True
+            for record in records:
+                link.emit("Event", names.EVENT_SIGNATURE, event_body(record))
+                sent = record.sequence
+                since_barrier += 1
+                if since_barrier >= WINDOW:
+                    barriers.append((link.barrier(), sent))
+                    since_barrier = 0
+                    while len(barriers) >= MAX_BARRIERS:
+                        await self._settle(barriers)
+        return False
+
+    async def _settle(self, barriers: deque[tuple[asyncio.Future[Any], int]]) -> None:
+        future, through = barriers[0]
+        try:
+            await future
+        except Exception as exc:
+            for pending, _ in barriers:
+                pending.cancel()
+            raise LinkLost(str(exc)) from exc
+        barriers.popleft()
+        self.count += through - self.journal.published
+        self.journal.mark_published(through)
+        if self.on_published is not None:
+            self.on_published(through)

@@ -1,0 +1,96 @@
+"""``pnpbroker run``: open the source and the journal, then serve (or dry-run) until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from pnpbroker import config as configuration
+from pnpbroker.config import Config
+from pnpbroker.daemon import Broker
+from pnpbroker.errors import BrokerError, SourceError
+from pnpbroker.hotplug import event_environment
+from pnpbroker.journal import Journal
+from pnpbroker.sources import Overflow, Source, check
+from pnpbroker.sources.netlink import NetlinkSource
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "journal.sqlite"
+
+
+def open_source(cfg: Config) -> Source:
+    """The event source: the kernel's netlink multicast."""
+    return NetlinkSource.open(cfg.receive_buffer)
+
+
+def open_journal(cfg: Config) -> Journal:
+    try:
+        cfg.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return Journal(
+            cfg.state_dir / JOURNAL_NAME, cfg.retention_events, cfg.retention_days * 86400
+        )
+    except OSError as exc:
+        raise SourceError(exc.errno, f"cannot open the journal in {cfg.state_dir}: {exc}") from exc
+
+
+async def serve(
+    cfg: Config, path: Path | None, overrides: Mapping[str, object], dry_run: bool = False
+) -> int:
+    source = open_source(cfg)
+    if dry_run:
+        return await _dry_run(cfg, source)
+    broker = Broker(cfg, source, open_journal(cfg))
+    broker.reload_hook = lambda: configuration.load(path, overrides)
+    log.info(
+        "pnpbroker %s: program %s, journal %s",
+        _version(),
+        cfg.hotplug_program or "none",
+        cfg.state_dir / JOURNAL_NAME,
+    )
+    return await broker.run()
+
+
+def _version() -> str:
+    from pnpbroker import __version__
+
+    return __version__
+
+
+async def _dry_run(cfg: Config, source: Source) -> int:
+    """Print, for each event, the command and environment the program would get."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def readable() -> None:
+        for item in source.read_batch():
+            if isinstance(item, Overflow):
+                print("# receive buffer overflow: events lost", flush=True)
+                continue
+            try:
+                event = check(item)
+            except BrokerError as exc:
+                print(f"# rejected: {exc}", flush=True)
+                continue
+            argv = [cfg.hotplug_program or "(no program)", event.subsystem]
+            env = " ".join(f"{k}={shlex.quote(v)}" for k, v in event_environment(event).items())
+            print(f"{event.seqnum}: env -i {env} {shlex.join(argv)}", flush=True)
+        if source.eof:
+            stop.set()
+
+    loop.add_reader(source.fileno(), readable)
+    await stop.wait()
+    loop.remove_reader(source.fileno())
+    source.close()
+    sys.stdout.flush()
+    return 0
+
+
+__all__ = ["open_journal", "open_source", "serve"]

@@ -1,0 +1,150 @@
+"""The D-Bus object ``/org/pnp/Broker``: a thin skin over the broker core.
+
+Signals are declared here (so introspection shows the contract) but emitted by the publisher,
+which builds the same body with :func:`event_body`. Every method delegates to the core; broker
+errors become named D-Bus errors with a readable message and never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any, Protocol, TypeVar
+
+from dbus_fast import DBusError, Variant
+from dbus_fast.annotations import DBusSignature
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+from pnpbroker import __version__, names
+from pnpbroker.journal import Record
+from pnpbroker.uevent import dbus_safe
+
+log = logging.getLogger(__name__)
+
+#: The most events one GetEvents call returns; clients page with ``after``.
+MAX_PAGE = 4096
+
+EventRow = Annotated[
+    tuple[int, str, str, str, dict[str, str], dict[str, Variant]],
+    DBusSignature("(tsssa{ss}a{sv})"),
+]
+EventRows = Annotated[list[EventRow], DBusSignature("a(tsssa{ss}a{sv})")]
+
+
+def _variant(value: Any) -> Variant:
+    if isinstance(value, bool):
+        return Variant("b", value)
+    if isinstance(value, int):
+        return Variant("i", value)
+    if isinstance(value, float):
+        return Variant("d", value)
+    if isinstance(value, list):
+        return Variant("aa{sv}", [handler_variants(item) for item in value])
+    return Variant("s", dbus_safe(str(value)))
+
+
+def handler_variants(handler: Mapping[str, Any] | None) -> dict[str, Variant]:
+    """The ``a{sv}`` form of a handler outcome (integers as ``i``)."""
+    if not handler:
+        return {}
+    return {key: _variant(value) for key, value in handler.items()}
+
+
+def event_body(record: Record) -> list[Any]:
+    """The body of an Event signal, and one row of GetEvents."""
+    event = record.event
+    props = {key: dbus_safe(value) for key, value in event.properties.items()}
+    return [
+        record.sequence,
+        dbus_safe(event.action),
+        dbus_safe(event.subsystem),
+        dbus_safe(event.devpath),
+        props,
+        handler_variants(record.handler),
+    ]
+
+
+class Core(Protocol):
+    """What the service needs from the broker; the service itself holds no state."""
+
+    def events_after(self, after: int, limit: int) -> list[Record]: ...
+
+    @property
+    def last_sequence(self) -> int: ...
+
+    @property
+    def oldest_sequence(self) -> int: ...
+
+    def statistics(self) -> dict[str, int]: ...
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def named_errors(method: F) -> F:
+    """Turn our errors into named D-Bus errors; anything else is logged and reported plainly."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(*args, **kwargs)
+        except DBusError:
+            raise
+        except PermissionError as exc:
+            raise DBusError(names.ERROR_NOT_AUTHORIZED, str(exc)) from None
+        except ValueError as exc:
+            raise DBusError(names.ERROR_INVALID_ARGS, str(exc)) from None
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            raise DBusError(names.ERROR_FAILED, "internal error; see the broker's log") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class BrokerInterface(ServiceInterface):
+    """``org.pnp.Broker1``: the contract in dbus/org.pnp.Broker1.xml."""
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(names.INTERFACE)
+        self.core = core
+
+    @dbus_signal()
+    def Event(
+        self,
+    ) -> Annotated[
+        tuple[int, str, str, str, dict[str, str], dict[str, Variant]],
+        DBusSignature("tsssa{ss}a{sv}"),
+    ]:
+        raise NotImplementedError("emitted by the publisher")
+
+    @dbus_signal()
+    def EventsLost(self) -> Annotated[tuple[int, str], DBusSignature("ts")]:
+        raise NotImplementedError("emitted by the reader")
+
+    @dbus_method()
+    @named_errors
+    async def GetEvents(
+        self,
+        after: Annotated[int, DBusSignature("t")],
+        limit: Annotated[int, DBusSignature("u")],
+    ) -> EventRows:
+        limit = MAX_PAGE if limit == 0 else min(limit, MAX_PAGE)
+        return [tuple(event_body(r)) for r in self.core.events_after(after, limit)]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LastSequence(self) -> Annotated[int, DBusSignature("t")]:
+        return self.core.last_sequence
+
+    @dbus_property(access=PropertyAccess.READ)
+    def OldestSequence(self) -> Annotated[int, DBusSignature("t")]:
+        return self.core.oldest_sequence
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> Annotated[str, DBusSignature("s")]:
+        return __version__
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Statistics(self) -> Annotated[dict[str, int], DBusSignature("a{st}")]:
+        return self.core.statistics()

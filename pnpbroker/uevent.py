@@ -1,0 +1,113 @@
+"""Kernel uevents: a frozen value type, and parse/serialize for the kernel's wire format.
+
+The kernel multicasts a uevent as one datagram: ``ACTION@DEVPATH\\0KEY=VALUE\\0...KEY=VALUE\\0``.
+Pure functions, no I/O: sources hand bytes in, everything downstream gets a checked ``Uevent``.
+Values are decoded as UTF-8 with ``surrogateescape`` so no byte is lost on the way to the legacy
+program; :func:`dbus_safe` makes a value fit for D-Bus, which only carries valid UTF-8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from pnpbroker.errors import MalformedUevent
+
+#: The kernel's own limit is UEVENT_BUFFER_SIZE (2048) for the environment plus the header;
+#: anything much larger did not come from the kernel.
+MAX_UEVENT_SIZE = 8192
+
+REQUIRED_KEYS = ("ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM")
+_LIBUDEV_MAGIC = b"libudev\0"
+
+
+@dataclass(frozen=True, slots=True)
+class Uevent(Mapping[str, str]):
+    """One kernel uevent: a read-only mapping of its keys, with the common ones as attributes."""
+
+    action: str
+    devpath: str
+    subsystem: str
+    seqnum: int
+    properties: Mapping[str, str]
+
+    def __getitem__(self, key: str) -> str:
+        return self.properties[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.properties)
+
+    def __len__(self) -> int:
+        return len(self.properties)
+
+    @property
+    def synth_uuid(self) -> str | None:
+        """The UUID a coldplug wrote into the device's uevent file, if this event answers one."""
+        return self.properties.get("SYNTH_UUID")
+
+
+def _check_frame(data: bytes) -> None:
+    if len(data) > MAX_UEVENT_SIZE:
+        raise MalformedUevent(f"oversized: {len(data)} bytes, limit {MAX_UEVENT_SIZE}", data)
+    if data.startswith(_LIBUDEV_MAGIC):
+        raise MalformedUevent("libudev-format message, not a kernel uevent", data)
+    if not data.endswith(b"\0"):
+        raise MalformedUevent("not NUL-terminated", data)
+
+
+def _properties(fields: list[str], data: bytes) -> dict[str, str]:
+    try:
+        props = dict(field.split("=", 1) for field in fields)
+    except ValueError:
+        bad = next(field for field in fields if "=" not in field)
+        raise MalformedUevent(f"field is not KEY=VALUE: {bad[:64]!r}", data) from None
+    if len(props) != len(fields):
+        raise MalformedUevent("duplicate key", data)
+    if "" in props:
+        raise MalformedUevent("empty key", data)
+    return props
+
+
+def parse(data: bytes) -> Uevent:
+    """Parse one kernel-format uevent; raise :class:`MalformedUevent` saying what is wrong."""
+    _check_frame(data)
+    header, *fields = data[:-1].decode("utf-8", "surrogateescape").split("\0")
+    action, sep, devpath = header.partition("@")
+    if not sep or not action or not devpath:
+        raise MalformedUevent("no ACTION@DEVPATH header", data)
+    return _checked(_properties(fields, data), action, devpath, data)
+
+
+def from_properties(props: Mapping[str, str]) -> Uevent:
+    """Build a checked event from its keys alone (the kernel-helper and journal paths)."""
+    own = dict(props)
+    return _checked(own, own.get("ACTION", ""), own.get("DEVPATH", ""), b"")
+
+
+def _checked(props: dict[str, str], action: str, devpath: str, data: bytes) -> Uevent:
+    try:
+        ok_action, ok_devpath = props["ACTION"] == action, props["DEVPATH"] == devpath
+        subsystem, seqnum = props["SUBSYSTEM"], props["SEQNUM"]
+    except KeyError:
+        missing = [key for key in REQUIRED_KEYS if key not in props]
+        raise MalformedUevent(f"missing {', '.join(missing)}", data) from None
+    if not (ok_action and ok_devpath and action and devpath and subsystem):
+        raise MalformedUevent("empty or inconsistent ACTION/DEVPATH/SUBSYSTEM", data)
+    if not (seqnum.isascii() and seqnum.isdigit()):
+        raise MalformedUevent(f"SEQNUM is not a number: {seqnum[:32]!r}", data)
+    return Uevent(action, devpath, subsystem, int(seqnum), MappingProxyType(props))
+
+
+def serialize(event: Uevent) -> bytes:
+    """The kernel's datagram format; ``parse(serialize(e)) == e``."""
+    parts = [f"{event.action}@{event.devpath}"]
+    parts.extend(f"{key}={value}" for key, value in event.properties.items())
+    return "\0".join(parts).encode("utf-8", "surrogateescape") + b"\0"
+
+
+def dbus_safe(value: str) -> str:
+    """``value`` as valid UTF-8 for D-Bus: undecodable bytes become U+FFFD."""
+    if value.isascii():
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
