@@ -235,7 +235,7 @@ def _trigger_in(
 
 def _events_until_marker(ns: NetNS, sock: socket.socket) -> list[Uevent]:
     """Every uevent on `sock` up to a `change` of lo that this triggers after the rest."""
-    marker = _trigger_in(ns, "change", only=["lo"])["uuid"]
+    marker: str = _trigger_in(ns, "change", only=["lo"])["uuid"]
     seen: list[Uevent] = []
 
     def record(event: Uevent) -> bool:
