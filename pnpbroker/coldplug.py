@@ -85,33 +85,40 @@ def walk(sysfs: Path = Path("/sys"), subsystems: Sequence[str] = ()) -> Iterator
         yield from _preorder(sysfs, sysfs / "devices")
 
 
-def _device(sysfs: Path, path: Path) -> Device | None:
-    """The device at `path`, or None when it has no `uevent` or no subsystem.
+def _device(sysfs: Path, path: str, prefix: int) -> Device | None:
+    """The device at `path` (`prefix` characters of it are `sysfs`), or None if it is not one.
 
     A device without a subsystem (/sys/devices/platform itself, say) accepts the write but the
     kernel sends no event for it, so triggering it would only spoil the count `settle` waits for.
     """
-    if not os.path.isfile(path / "uevent"):
-        return None
     try:
-        subsystem = os.path.basename(os.readlink(path / "subsystem"))
+        subsystem = os.path.basename(os.readlink(f"{path}/subsystem"))
     except OSError:
+        return None  # no subsystem link: not a device, or a device the kernel never announces
+    if not os.path.isfile(f"{path}/uevent"):
         return None
-    return Device(path, "/" + path.relative_to(sysfs).as_posix(), subsystem)
+    return Device(Path(path), path[prefix:], subsystem)
 
 
 def _preorder(sysfs: Path, top: Path) -> Iterator[Device]:
     """Depth first, each directory before what it holds, names sorted; never enters a symlink."""
-    device = _device(sysfs, top)
-    if device is not None:
-        yield device
+    prefix = len(str(sysfs))
+    for path in _dirs(str(top)):
+        device = _device(sysfs, path, prefix)
+        if device is not None:
+            yield device
+
+
+def _dirs(top: str) -> Iterator[str]:
+    """`top` and every directory below it, in sorted pre-order; one scandir(3) per directory."""
+    yield top
     try:
         with os.scandir(top) as it:
             names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
     except OSError:
         return  # vanished while walking (a device unplugged): nothing below it to trigger
     for name in names:
-        yield from _preorder(sysfs, top / name)
+        yield from _dirs(f"{top}/{name}")
 
 
 def _listed(sysfs: Path, subsystems: Sequence[str]) -> Iterator[Device]:
@@ -124,7 +131,8 @@ def _listed(sysfs: Path, subsystems: Sequence[str]) -> Iterator[Device]:
                 target = (listing / link).resolve()
                 if not target.is_relative_to(root / "devices"):
                     continue  # not a device directory (a stray file or a dangling link)
-                device = _device(sysfs, sysfs / target.relative_to(root))
+                path = sysfs / target.relative_to(root)
+                device = _device(sysfs, str(path), len(str(sysfs)))
                 if device is not None and device.subsystem == subsystem:
                     devices.setdefault(device.devpath, device)
     yield from sorted(devices.values(), key=lambda d: d.devpath.split("/"))
