@@ -154,7 +154,7 @@ def check(action: str, uuid: str) -> None:
         canonical = str(uuidlib.UUID(uuid))
     except ValueError:
         raise InvalidTrigger(f"not a uuid: {uuid!r}") from None
-    if canonical != uuid:  # the kernel takes exactly the 36-character lower-case form
+    if canonical != uuid:  # kernel wants 36 characters; lower case keeps SYNTH_UUID comparable
         raise InvalidTrigger(f"uuid must be in canonical form: {uuid!r}")
 
 
