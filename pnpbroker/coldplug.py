@@ -1,0 +1,280 @@
+"""Coldplug: ask the kernel to re-send the uevents of devices that already exist.
+
+Modelled on skarnet's mdevd-coldplug and `udevadm trigger`: nothing here invents an event.
+Writing `ACTION UUID` into a device's `uevent` file makes the kernel emit a real uevent for
+that device, carrying `SYNTH_UUID=<uuid>`, so a listener (the broker, or `--settle`) can tell
+which events this run caused and count them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+import uuid as uuidlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from pnpbroker.errors import BrokerError
+
+ACTIONS = ("add", "remove", "change", "move", "online", "offline", "bind", "unbind")
+"""The actions the kernel accepts in a `uevent` write (lib/kobject_uevent.c)."""
+
+Progress = Callable[[int], None]
+"""Called with the number of devices handled so far (written or failed)."""
+
+
+class InvalidTrigger(ValueError, BrokerError):
+    """An action or uuid the kernel would reject in a `uevent` write."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device directory in sysfs: one that has a `uevent` file and a subsystem."""
+
+    syspath: Path
+    devpath: str
+    subsystem: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A device whose `uevent` file refused the write; not fatal to the run."""
+
+    device: Device
+    errno: int
+
+    def __str__(self) -> str:
+        return f"{self.device.devpath}: {os.strerror(self.errno)}"
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """What a trigger did: `settle` waits for `written` events carrying SYNTH_UUID=`uuid`."""
+
+    action: str
+    uuid: str
+    dry_run: bool
+    devices: tuple[Device, ...]
+    failed: tuple[Failure, ...]
+
+    @property
+    def written(self) -> int:
+        """Writes the kernel accepted; each one is an event with this uuid (0 in a dry run)."""
+        return 0 if self.dry_run else len(self.devices) - len(self.failed)
+
+    @property
+    def message(self) -> bytes:
+        """The bytes written into each `uevent` file."""
+        return f"{self.action} {self.uuid}".encode()
+
+
+def walk(sysfs: Path = Path("/sys"), subsystems: Sequence[str] = ()) -> Iterator[Device]:
+    """Yield the devices under `sysfs`, parents before their children, in a stable order.
+
+    Without `subsystems`, a pre-order walk of /sys/devices (symlinks not followed). With them,
+    the class and bus listings of those subsystems, resolved into /sys/devices: cheaper, and the
+    same answer. Both see only the net devices of the network namespace that mounted `sysfs`.
+    """
+    if subsystems:
+        yield from _listed(sysfs, subsystems)
+    else:
+        yield from _preorder(sysfs, sysfs / "devices")
+
+
+def _device(sysfs: Path, path: str, prefix: int) -> Device | None:
+    """The device at `path` (`prefix` characters of it are `sysfs`), or None if it is not one.
+
+    A device without a subsystem (/sys/devices/platform itself, say) accepts the write but the
+    kernel sends no event for it, so triggering it would only spoil the count `settle` waits for.
+    """
+    try:
+        subsystem = os.path.basename(os.readlink(f"{path}/subsystem"))
+    except OSError:
+        return None  # no subsystem link: not a device, or a device the kernel never announces
+    if not os.path.isfile(f"{path}/uevent"):
+        return None
+    return Device(Path(path), path[prefix:], subsystem)
+
+
+def _preorder(sysfs: Path, top: Path) -> Iterator[Device]:
+    """Depth first, each directory before what it holds, names sorted; never enters a symlink."""
+    prefix = len(str(sysfs))
+    for path in _dirs(str(top)):
+        device = _device(sysfs, path, prefix)
+        if device is not None:
+            yield device
+
+
+def _dirs(top: str) -> Iterator[str]:
+    """`top` and every directory below it, in sorted pre-order; one scandir(3) per directory."""
+    yield top
+    try:
+        with os.scandir(top) as it:
+            names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return  # vanished while walking (a device unplugged): nothing below it to trigger
+    for name in names:
+        yield from _dirs(f"{top}/{name}")
+
+
+def _listed(sysfs: Path, subsystems: Sequence[str]) -> Iterator[Device]:
+    """The devices listed under /sys/class/S and /sys/bus/S/devices, deduplicated and ordered."""
+    devices: dict[str, Device] = {}
+    root = sysfs.resolve()
+    for subsystem in dict.fromkeys(subsystems):
+        for listing in (sysfs / "class" / subsystem, sysfs / "bus" / subsystem / "devices"):
+            for link in _entries(listing):
+                target = (listing / link).resolve()
+                if not target.is_relative_to(root / "devices"):
+                    continue  # not a device directory (a stray file or a dangling link)
+                path = sysfs / target.relative_to(root)
+                device = _device(sysfs, str(path), len(str(sysfs)))
+                if device is not None and device.subsystem == subsystem:
+                    devices.setdefault(device.devpath, device)
+    yield from sorted(devices.values(), key=lambda d: d.devpath.split("/"))
+
+
+def _entries(listing: Path) -> list[str]:
+    """Names in a class or bus listing; none when the subsystem does not exist here."""
+    try:
+        return sorted(os.listdir(listing))
+    except FileNotFoundError:
+        return []
+
+
+def check(action: str, uuid: str) -> None:
+    """Raise InvalidTrigger unless the kernel would accept `action` and `uuid`."""
+    if action not in ACTIONS:
+        raise InvalidTrigger(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    try:
+        canonical = str(uuidlib.UUID(uuid))
+    except ValueError:
+        raise InvalidTrigger(f"not a uuid: {uuid!r}") from None
+    if canonical != uuid:  # kernel wants 36 characters; lower case keeps SYNTH_UUID comparable
+        raise InvalidTrigger(f"uuid must be in canonical form: {uuid!r}")
+
+
+def trigger(
+    devices: Iterable[Device],
+    action: str = "add",
+    uuid: str | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> TriggerResult:
+    """Write `ACTION UUID` into each device's `uevent` file, in order, so the kernel re-sends.
+
+    A refused write is recorded with its errno and the run goes on. `dry_run` writes nothing
+    and returns the devices it would have written to.
+    """
+    uuid = str(uuidlib.uuid4()) if uuid is None else uuid
+    check(action, uuid)
+    message = f"{action} {uuid}".encode()
+    done: list[Device] = []
+    failed: list[Failure] = []
+    for device in devices:
+        done.append(device)
+        code = 0 if dry_run else _write(device.syspath / "uevent", message)
+        if code:
+            failed.append(Failure(device, code))
+        if progress is not None:
+            progress(len(done))
+    return TriggerResult(action, uuid, dry_run, tuple(done), tuple(failed))
+
+
+def _write(path: Path, message: bytes) -> int:
+    """Write `message` to `path` in one write(2); 0 on success, else the errno."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        return e.errno or errno.EIO
+    try:
+        os.write(fd, message)
+    except OSError as e:
+        return e.errno or errno.EIO
+    finally:
+        os.close(fd)
+    return 0
+
+
+# The `pnpbroker trigger` command. cli.py adds these arguments to its subparser and calls
+# `run_trigger`; `--settle` (needs the broker on D-Bus) wraps `trigger_from_args` instead.
+
+
+def add_trigger_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `[--subsystem S]... [--action add] [--dry-run] [--sysfs PATH]` to `parser`."""
+    parser.add_argument(
+        "-s",
+        "--subsystem",
+        action="append",
+        default=[],
+        metavar="S",
+        help="only devices of subsystem S (repeatable: any of them); default all devices",
+    )
+    parser.add_argument(
+        "-c",
+        "--action",
+        default="add",
+        metavar="ACTION",
+        help=f"the action the kernel re-sends: {', '.join(ACTIONS)} (default add)",
+    )
+    parser.add_argument("--uuid", help="the SYNTH_UUID to use (default: a fresh one)")
+    parser.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="write nothing; print the devpaths that would be triggered",
+    )
+    parser.add_argument("--sysfs", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
+
+
+def trigger_from_args(args: argparse.Namespace, progress: Progress | None = None) -> TriggerResult:
+    """Walk and trigger as the arguments say; raises InvalidTrigger before touching anything."""
+    uuid = args.uuid or str(uuidlib.uuid4())
+    check(args.action, uuid)
+    devices = walk(args.sysfs, args.subsystem)
+    return trigger(devices, args.action, uuid, dry_run=args.dry_run, progress=progress)
+
+
+def run_trigger(args: argparse.Namespace) -> int:
+    """The whole command: 0 done, 100 bad arguments, 111 nothing could be written."""
+    with _TerminalProgress(sys.stderr) as progress:
+        try:
+            result = trigger_from_args(args, progress if progress.enabled else None)
+        except InvalidTrigger as e:
+            print(f"pnpbroker trigger: {e}", file=sys.stderr)
+            return 100
+    for failure in result.failed:
+        print(f"pnpbroker trigger: warning: {failure}", file=sys.stderr)
+    if result.dry_run:
+        for device in result.devices:
+            print(device.devpath)
+    if result.devices and len(result.failed) == len(result.devices):
+        return 111
+    return 0
+
+
+class _TerminalProgress:
+    """Shows `N devices` on a terminal, rewritten in place; does nothing when not a tty."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.count = 0
+
+    def __enter__(self) -> _TerminalProgress:
+        return self
+
+    def __call__(self, count: int) -> None:
+        self.count = count
+        if count % 64 == 0:  # a terminal write per device would cost more than the trigger
+            self.stream.write(f"\r{count} devices")
+            self.stream.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled and self.count:
+            self.stream.write(f"\r{self.count} devices\n")
+            self.stream.flush()
