@@ -43,8 +43,11 @@ class Polkitd:
     ``log`` is polkitd's stderr, worth reading when a test fails.
     """
 
-    def __init__(self, bus_address: str, rules: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, bus_address: str, rules: Mapping[str, str] | None = None, *, timeout: float = 30
+    ) -> None:
         self.bus_address = bus_address
+        self.timeout = timeout
         self._rules = dict(rules or {})
         self._dir = Path(tempfile.mkdtemp(prefix="pnpt-polkitd-"))
         self.log = self._dir / "polkitd.log"
@@ -59,7 +62,7 @@ class Polkitd:
     ) -> None:
         await self.stop()
 
-    async def start(self, timeout: float = 30) -> None:
+    async def start(self) -> None:
         """Start polkitd and return once it owns its bus name (it has exported its object)."""
         actions, rules = self._prepare()
         env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus_address}
@@ -70,7 +73,7 @@ class Polkitd:
                 env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.timeout):
                 await self._wait_for_name(self._process)
         except BaseException:
             await self.stop()
@@ -123,9 +126,9 @@ async def _name_owned(bus: MessageBus, name: str) -> None:
     acquired = asyncio.get_running_loop().create_future()
 
     def on_message(message: Message) -> None:
-        if message.member == "NameOwnerChanged" and message.body[0] == name and message.body[2]:
-            if not acquired.done():
-                acquired.set_result(None)
+        is_ours = message.member == "NameOwnerChanged" and message.body[0] == name
+        if is_ours and message.body[2] and not acquired.done():
+            acquired.set_result(None)
 
     bus.add_message_handler(on_message)
     rule = f"type='signal',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{name}'"
@@ -135,7 +138,9 @@ async def _name_owned(bus: MessageBus, name: str) -> None:
     bus.remove_message_handler(on_message)
 
 
-async def _bus_call(bus: MessageBus, member: str, signature: str, body: list[object]) -> list[object]:
+async def _bus_call(
+    bus: MessageBus, member: str, signature: str, body: list[object]
+) -> list[object]:
     reply = await bus.call(
         Message(
             destination="org.freedesktop.DBus",
@@ -149,4 +154,3 @@ async def _bus_call(bus: MessageBus, member: str, signature: str, body: list[obj
     if reply.message_type is MessageType.ERROR:
         raise RuntimeError(f"{member}: {reply.error_name} {reply.body}")
     return list(reply.body)
-
