@@ -56,7 +56,7 @@ class Authority:
         take as long as the user needs.
         """
         reply = await self._call(_check_authorization(sender, action_id), action_id)
-        if reply.message_type is MessageType.ERROR and _polkit_absent(reply.error_name):
+        if _polkit_absent(reply):
             await self._check_root(sender, action_id)
             return
         _raise_on_error(reply, action_id, "polkit")
@@ -105,8 +105,15 @@ def _unix_user(sender: str) -> Message:
     )
 
 
-def _polkit_absent(error_name: str | None) -> bool:
-    name = error_name or ""
+def _polkit_absent(reply: Message) -> bool:
+    """An error from the bus daemon itself saying nobody has (or can get) polkit's name.
+
+    polkitd forwards some bus errors under the same names (NameHasNoOwner when the caller has
+    gone), so the reply's sender tells "no polkitd" from "polkitd said no".
+    """
+    if reply.message_type is not MessageType.ERROR or reply.sender != "org.freedesktop.DBus":
+        return False
+    name = reply.error_name or ""
     return name in _ABSENT_ERRORS or name.startswith(_SPAWN_ERROR_PREFIX)
 
 
