@@ -64,7 +64,7 @@ class Authority:
         _judge(reply, action_id)
 
     async def _check_root(self, sender: str, action_id: str) -> None:
-        """Without polkitd, let only uid 0 through (and say so in the log, once)."""
+        """Without polkitd, let only uid 0 through; log that once until polkitd answers again."""
         if not self._absence_logged:
             logger.warning("polkitd is not running: only root may use privileged methods")
             self._absence_logged = True

@@ -170,3 +170,15 @@ async def test_without_polkitd_only_root_is_allowed(
             await authority.check(name, ACTION_CONTROL)  # gone by now
     absent = [r for r in caplog.records if "polkitd is not running" in r.getMessage()]
     assert len(absent) == 1
+
+
+async def test_broken_connection_denies_without_raising_anything_else(
+    system_bus: SystemBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = await MessageBus(bus_address=system_bus.address).connect()
+    assert connection.unique_name is not None
+    connection.disconnect()
+    await connection.wait_for_disconnect()
+    with pytest.raises(NotAuthorized, match="the authorization check failed"):
+        await Authority(connection).check(connection.unique_name, ACTION_TRIGGER)
+    assert any(record.exc_info for record in caplog.records)
