@@ -74,7 +74,14 @@ class Authority:
             raise NotAuthorized(action_id, "polkitd is not running and only root is allowed")
 
     async def _call(self, message: Message, action_id: str) -> Message:
-        """Send a method call; a transport failure becomes a denial, logged here in full."""
+        """Send a method call; a transport failure becomes a denial, logged here in full.
+
+        A bus that is no longer connected is not called at all: dbus-fast 5 fails messily on a
+        connection that is still closing (a broken-pipe future nobody awaits).
+        """
+        if not self._bus.connected:
+            logger.warning("authorization check for %s: the bus is disconnected", action_id)
+            raise NotAuthorized(action_id, "the authorization check failed")
         try:
             return await self._bus.call(message)
         except Exception:
