@@ -1,0 +1,136 @@
+"""Put the data files (bus policy, activation file, polkit actions, systemd units) where the
+system's dbus-daemon, polkitd and systemd look for them.
+
+The files are plain files in the source tree (``dbus/``, ``polkit/``, ``systemd/``), found next
+to this package's directory, so this works from a checkout or an editable install. Only the path
+of the ``pnpbroker`` program is rewritten, for a prefix other than /usr or an explicit program.
+
+Note that dbus-daemon and polkitd only read /usr/share (and /etc), not /usr/local/share: a prefix
+other than /usr is for staging (with ``destdir``) rather than for a live system.
+
+Standalone: ``python -m pnpbroker.install [--prefix /usr] [--destdir DIR] [--program PATH]``.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from pnpbroker.errors import BrokerError
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PREFIX = Path("/usr")
+# The program path written in the files in the source tree.
+PROGRAM_IN_SOURCES = "/usr/bin/pnpbroker"
+EXIT_USAGE = 100
+EXIT_SYSTEM = 111
+
+
+class DataFilesMissing(FileNotFoundError, BrokerError):
+    """The data files are not next to the package (for instance, installed from a wheel)."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Files matching ``pattern`` in the source tree go to ``directory`` under the prefix."""
+
+    pattern: str
+    directory: str
+
+
+RULES = (
+    Rule("dbus/org.pnp.Broker.conf", "share/dbus-1/system.d"),
+    Rule("dbus/org.pnp.Broker.service", "share/dbus-1/system-services"),
+    Rule("dbus/*.xml", "share/dbus-1/interfaces"),
+    Rule("polkit/*.policy", "share/polkit-1/actions"),
+    Rule("systemd/*.service", "lib/systemd/system"),
+    Rule("systemd/*.socket", "lib/systemd/system"),
+)
+REQUIRED = (
+    "dbus/org.pnp.Broker.conf",
+    "dbus/org.pnp.Broker.service",
+    "polkit/org.pnp.Broker.policy",
+)
+
+
+def install(
+    prefix: Path = DEFAULT_PREFIX,
+    destdir: Path | None = None,
+    *,
+    program: Path | None = None,
+    source: Path = SOURCE_ROOT,
+) -> list[Path]:
+    """Copy every data file to ``destdir/prefix/...`` and return the paths written, in order.
+
+    ``program`` is the pnpbroker executable the activation file and units start
+    (default ``prefix/bin/pnpbroker``). Raises ValueError for a relative path,
+    DataFilesMissing when ``source`` lacks the files, OSError when writing fails.
+    """
+    program = program or prefix / "bin" / "pnpbroker"
+    if not prefix.is_absolute() or not program.is_absolute():
+        raise ValueError(f"prefix and program must be absolute paths: {prefix}, {program}")
+    _check_sources(source)
+    root = (destdir or Path("/")) / prefix.relative_to("/")
+    written = []
+    for rule in RULES:
+        for path in sorted(source.glob(rule.pattern)):
+            written.append(_copy(path, root / rule.directory, str(program)))
+    return written
+
+
+def _check_sources(source: Path) -> None:
+    missing = [name for name in REQUIRED if not (source / name).is_file()]
+    if missing:
+        raise DataFilesMissing(f"data files missing under {source}: {', '.join(missing)}")
+
+
+def _copy(path: Path, directory: Path, program: str) -> Path:
+    """Write one file (world-readable, as the daemons need) with the program path filled in."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    target = directory / path.name
+    target.write_text(path.read_text().replace(PROGRAM_IN_SOURCES, program))
+    target.chmod(0o644)
+    return target
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``pnpbroker install``, for cli.py's sub-command parser."""
+    parser.add_argument("--prefix", type=Path, default=DEFAULT_PREFIX, help="default: /usr")
+    parser.add_argument("--destdir", type=Path, help="stage under this directory (packaging)")
+    parser.add_argument("--program", type=Path, help="pnpbroker executable to start")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Install, print each path written, and return an exit code (0, 100 usage, 111 system)."""
+    try:
+        paths = install(args.prefix, args.destdir, program=args.program)
+    except ValueError as exc:
+        print(f"pnpbroker install: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"pnpbroker install: {exc}", file=sys.stderr)
+        return EXIT_SYSTEM
+    for path in paths:
+        print(path)
+    return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """Exits 100 on a usage error, as every pnpbroker command does (argparse would use 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def main_install(argv: Sequence[str] | None = None) -> int:
+    """``pnpbroker install`` on its own: parse ``argv`` (without the program name) and run."""
+    parser = _Parser(prog="pnpbroker install", description="Install the data files.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main_install())
