@@ -1,0 +1,137 @@
+"""The broker as a real subprocess, inside a test's network namespace, on a test's bus.
+
+Readiness is the broker's own sd_notify ``READY=1`` on a socket we hand it: no sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from support.bus import SystemBus
+from support.netns import NetNS
+
+
+class BrokerFailed(AssertionError):
+    """The broker exited or never became ready; carries its log."""
+
+
+class BrokerProcess:
+    """``python -m pnpbroker run`` with a state dir, optional netns, and its log in a file."""
+
+    def __init__(
+        self,
+        bus: SystemBus | None,
+        state_dir: Path,
+        args: Sequence[str] = ("--no-program",),
+        *,
+        netns: NetNS | None = None,
+        env: Mapping[str, str] | None = None,
+        command: str = "run",
+    ) -> None:
+        self.bus = bus
+        self.state_dir = state_dir
+        self.args = list(args)
+        self.netns = netns
+        self.extra_env = dict(env or {})
+        self.command = command
+        self._dir = Path(tempfile.mkdtemp(prefix="pnpt-broker-"))
+        self.log_path = self._dir / "broker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._notify: socket.socket | None = None
+
+    def argv(self) -> list[str]:
+        prefix = self.netns.exec_prefix() if self.netns is not None else []
+        state = ["--state-dir", str(self.state_dir)] if self.command == "run" else []
+        return [*prefix, sys.executable, "-m", "pnpbroker", self.command, *state, *self.args]
+
+    def start(
+        self, timeout: float = 30.0, *, wait_ready: bool = True, **popen: object
+    ) -> BrokerProcess:
+        notify_path = self._dir / f"notify-{time.monotonic_ns()}"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        if self.bus is not None:
+            env.update(self.bus.env())
+        env.update(NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1", **self.extra_env)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stderr=log,
+                env=env,
+                **popen,  # type: ignore[call-overload]
+            )
+        if wait_ready:
+            self.wait_for_state("READY=1", timeout)
+        return self
+
+    def wait_for_state(self, wanted: str, timeout: float = 30.0) -> None:
+        """Wait for an sd_notify message containing ``wanted`` (e.g. READY=1)."""
+        assert self._notify is not None
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if self.proc.poll() is not None:
+                raise BrokerFailed(f"broker exited with {self.proc.returncode}:\n{self.log()}")
+            ready, _, _ = select.select([self._notify], [], [], min(left, 0.2))
+            if ready and wanted in self._notify.recv(4096).decode():
+                return
+        raise BrokerFailed(f"no {wanted} within {timeout} s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        if self._notify is not None:
+            self._notify.close()
+
+    def __enter__(self) -> BrokerProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
