@@ -22,6 +22,7 @@ from dbus_fast.service import ServiceInterface
 
 from pnpbroker import names
 from pnpbroker.errors import BrokerError
+from pnpbroker.service import track_callers
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class BusLink:
         bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
         await bus.connect()
         link = cls(bus)
+        track_callers(bus)
         bus.export(names.OBJECT_PATH, service)
         reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):

@@ -25,6 +25,7 @@ from pnpbroker.errors import ForgedSender, MalformedUevent
 from pnpbroker.hotplug import Handler, ProgramHandler, ProgramRunner
 from pnpbroker.journal import Journal, Record
 from pnpbroker.notify import sd_notify
+from pnpbroker.polkit import Authority, NotAuthorized
 from pnpbroker.publisher import Publisher
 from pnpbroker.sequencer import Sequencer
 from pnpbroker.service import BrokerInterface
@@ -59,6 +60,7 @@ class Broker:
         self.publisher = Publisher(journal, on_published=self._published)
         self.interface = BrokerInterface(self)
         self.link: BusLink | None = None
+        self.authority: Authority | None = None
         self.exit_code = 0
         self.reload_hook: Callable[[], Config] | None = None
         self._stop = asyncio.Event()
@@ -76,6 +78,23 @@ class Broker:
     @property
     def oldest_sequence(self) -> int:
         return self.journal.oldest
+
+    async def authorize(self, sender: str, action_id: str) -> None:
+        """polkit decides (CheckAuthorization on the sender's bus name)."""
+        if self.authority is None:
+            raise NotAuthorized(action_id, "not connected to the bus")
+        await self.authority.check(sender, action_id)
+        log.info("%s authorized for %s", sender, action_id)
+
+    @property
+    def paused(self) -> bool:
+        return self.sequencer.paused
+
+    def pause(self) -> None:
+        self.sequencer.pause()
+
+    def resume(self) -> None:
+        self.sequencer.resume()
 
     def statistics(self) -> dict[str, int]:
         stats = dict(self.stats)
@@ -193,6 +212,7 @@ class Broker:
             log.info("on the bus as %s (%s)", names.BUS_NAME, link.bus.unique_name)
             delay, warned = 0.2, False
             self.link = link
+            self.authority = Authority(link.bus)
             self.publisher.attach(link)
             self._became_ready()
             await link.wait_closed()
