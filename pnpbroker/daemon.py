@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
+#: Counters always present in the Statistics property (others appear when they first count).
+COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
 #: Log the first N of each kind of rejected datagram, then one in every M.
 _LOG_FIRST, _LOG_EVERY = 10, 1000
 
@@ -97,7 +99,8 @@ class Broker:
         self.sequencer.resume()
 
     def statistics(self) -> dict[str, int]:
-        stats = dict(self.stats)
+        stats = dict.fromkeys(COUNTERS, 0)
+        stats.update(self.stats)
         stats.update(
             published=self.publisher.count,
             journalled=self.journal.last,
