@@ -11,7 +11,7 @@ import pytest
 from dbus_fast import Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
 from support import REPO_ROOT, skip_or_fail
-from support.bus import SystemBus
+from support.bus import POLICY_FILE, POLKIT_BUS_POLICY, SystemBus
 from support.collector import SignalCollector, connect, disconnect
 from support.netns import (
     NetNS,
@@ -128,6 +128,15 @@ async def test_client_connects_and_talks_to_the_bus(system_bus: SystemBus) -> No
         assert bus.unique_name.startswith(":")
     finally:
         await disconnect(bus)
+
+
+@pytest.mark.root
+@pytest.mark.bus_includes(POLKIT_BUS_POLICY)
+def test_bus_includes_marker_adds_policy_files(system_bus: SystemBus) -> None:
+    config = system_bus.config_path.read_text()
+    assert f"<include>{POLICY_FILE}</include>" in config
+    assert f"<include>{POLKIT_BUS_POLICY}</include>" in config
+    assert not system_bus.name_has_owner("org.freedesktop.PolicyKit1")
 
 
 @pytest.mark.root
