@@ -4,19 +4,24 @@ The bus policy and polkit treat root and everyone else differently, so tests mus
 someone else: a fresh process with nobody's uid and gid and no supplementary groups.
 
 The venv's interpreter may be a symlink into a directory `nobody` cannot enter (pyenv under
-/root). Then the system's python3 of the same minor version runs instead, with the venv's
-site-packages and the repository on its path, so it imports the same dbus_fast and pnpbroker.
+/root), or the checkout itself may be out of nobody's reach (a CI clone in a private directory).
+Then the system's python3 of the same minor version runs instead, with the venv's site-packages
+and the repository on its path, or with a world-readable staged copy of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from support import REPO_ROOT
@@ -68,23 +73,49 @@ def run_as_nobody(
     )
 
 
-def _nobody_can_run(python: str) -> bool:
-    """Whether `nobody` can start `python` (checked by doing it, not by reading modes)."""
+def _nobody_can_import(argv: tuple[str, ...], extra: tuple[tuple[str, str], ...]) -> bool:
+    """Whether `nobody` can start this interpreter and import our packages (by doing it)."""
+    code = "import dbus_fast, pnpbroker"
     try:
-        return run_as_nobody([python, "-c", "pass"], timeout=30).returncode == 0
+        done = run_as_nobody([*argv, "-c", code], env=dict(extra), timeout=30)
     except OSError:
         return False
+    return done.returncode == 0
+
+
+def _staged_copy() -> str:
+    """A world-readable copy of the packages, for a checkout nobody cannot enter (CI's clone)."""
+    root = Path(tempfile.mkdtemp(prefix="pnpt-nobody-"))
+    root.chmod(0o755)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    for source in (REPO_ROOT / "pnpbroker", REPO_ROOT / "examples", purelib / "dbus_fast"):
+        if source.is_dir():
+            shutil.copytree(source, root / source.name, ignore=shutil.ignore_patterns("*.pyc"))
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return str(root)
 
 
 @functools.cache
 def python_for_nobody() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The interpreter argv and extra environment that let nobody import the venv's packages."""
-    if _nobody_can_run(sys.executable):
-        return (sys.executable,), ()
-    if not _nobody_can_run(SYSTEM_PYTHON):
-        raise RuntimeError(f"user nobody can run neither {sys.executable} nor {SYSTEM_PYTHON}")
-    path = os.pathsep.join([str(REPO_ROOT), sysconfig.get_paths()["purelib"]])
-    return (SYSTEM_PYTHON,), (("PYTHONPATH", path),)
+    """The interpreter argv and extra environment that let nobody import the venv's packages.
+
+    In order: the venv's own interpreter; the system's python3 of the same version with the
+    checkout and the venv's site-packages on its path; the same with a staged copy of them.
+    """
+    own: tuple[tuple[str, str], ...] = ()
+    if _nobody_can_import((sys.executable,), own):
+        return (sys.executable,), own
+    checkout = os.pathsep.join([str(REPO_ROOT), sysconfig.get_paths()["purelib"]])
+    if _nobody_can_import((SYSTEM_PYTHON,), (("PYTHONPATH", checkout),)):
+        return (SYSTEM_PYTHON,), (("PYTHONPATH", checkout),)
+    staged = (("PYTHONPATH", _staged_copy()),)
+    if _nobody_can_import((SYSTEM_PYTHON,), staged):
+        return (SYSTEM_PYTHON,), staged
+    raise RuntimeError(
+        f"user nobody can import our packages with neither {sys.executable} nor {SYSTEM_PYTHON}"
+    )
 
 
 def python_as_nobody(
