@@ -102,7 +102,10 @@ class Publisher:
                 self.journal.flush()
                 return True
             for record in records:
-                link.emit("Event", names.EVENT_SIGNATURE, event_body(record))
+                try:
+                    link.emit("Event", names.EVENT_SIGNATURE, event_body(record))
+                except Exception as exc:
+                    raise LinkLost(str(exc)) from exc
                 sent = record.sequence
                 since_barrier += 1
                 if since_barrier >= WINDOW:
