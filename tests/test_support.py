@@ -22,6 +22,7 @@ from support.netns import (
     parse_uevent,
 )
 from support.users import (
+    checkout_for_nobody,
     python_argv_for_nobody,
     python_as_nobody_async,
     run_as_nobody,
@@ -262,7 +263,7 @@ def run_root_test_as_nobody(ci: str | None) -> subprocess.CompletedProcess[str]:
     env |= {"PYTHONDONTWRITEBYTECODE": "1"} | ({"CI": ci} if ci is not None else {})
     test = "tests/test_support.py::test_root_can_own_broker_name"
     command = [*argv, "-m", "pytest", "-p", "no:cacheprovider", "-rsE", test]
-    return run_as_nobody(command, env=env, cwd=str(REPO_ROOT), timeout=120)
+    return run_as_nobody(command, env=env, cwd=str(checkout_for_nobody()), timeout=120)
 
 
 @pytest.mark.root

@@ -83,39 +83,60 @@ def _nobody_can_import(argv: tuple[str, ...], extra: tuple[tuple[str, str], ...]
     return done.returncode == 0
 
 
-def _staged_copy() -> str:
-    """A world-readable copy of the packages, for a checkout nobody cannot enter (CI's clone)."""
+#: What the staged copy leaves out of site-packages: big, and never needed by nobody.
+_NOT_STAGED = ("*.pyc", "__pycache__", "mypy*", "ruff*", "hypothesis*", "pyroute2*", "pip*")
+
+
+def _staged_copy() -> Path:
+    """A world-readable copy of the checkout's code and site-packages, for a checkout nobody
+    cannot enter (a CI clone in a private directory). Removed when the test run ends."""
     root = Path(tempfile.mkdtemp(prefix="pnpt-nobody-"))
-    root.chmod(0o755)
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    purelib = Path(sysconfig.get_paths()["purelib"])
-    for source in (REPO_ROOT / "pnpbroker", REPO_ROOT / "examples", purelib / "dbus_fast"):
-        if source.is_dir():
-            shutil.copytree(source, root / source.name, ignore=shutil.ignore_patterns("*.pyc"))
-    for path in root.rglob("*"):
+    ignore = shutil.ignore_patterns(*_NOT_STAGED)
+    for name in ("pnpbroker", "examples", "tests"):
+        if (REPO_ROOT / name).is_dir():
+            shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
+    shutil.copy(REPO_ROOT / "pyproject.toml", root)
+    shutil.copytree(sysconfig.get_paths()["purelib"], root / "site", ignore=ignore)
+    for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    return str(root)
+    return root
+
+
+def _pythonpath(*paths: Path) -> tuple[tuple[str, str], ...]:
+    return (("PYTHONPATH", os.pathsep.join(str(p) for p in paths)),)
 
 
 @functools.cache
-def python_for_nobody() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    """The interpreter argv and extra environment that let nobody import the venv's packages.
+def _nobody_python() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...], Path]:
+    """Interpreter argv, extra environment and checkout directory that work for nobody.
 
     In order: the venv's own interpreter; the system's python3 of the same version with the
     checkout and the venv's site-packages on its path; the same with a staged copy of them.
     """
-    own: tuple[tuple[str, str], ...] = ()
-    if _nobody_can_import((sys.executable,), own):
-        return (sys.executable,), own
-    checkout = os.pathsep.join([str(REPO_ROOT), sysconfig.get_paths()["purelib"]])
-    if _nobody_can_import((SYSTEM_PYTHON,), (("PYTHONPATH", checkout),)):
-        return (SYSTEM_PYTHON,), (("PYTHONPATH", checkout),)
-    staged = (("PYTHONPATH", _staged_copy()),)
+    if _nobody_can_import((sys.executable,), ()):
+        return (sys.executable,), (), REPO_ROOT
+    checkout = _pythonpath(REPO_ROOT, Path(sysconfig.get_paths()["purelib"]))
+    if _nobody_can_import((SYSTEM_PYTHON,), checkout):
+        return (SYSTEM_PYTHON,), checkout, REPO_ROOT
+    root = _staged_copy()
+    staged = _pythonpath(root, root / "site")
     if _nobody_can_import((SYSTEM_PYTHON,), staged):
-        return (SYSTEM_PYTHON,), staged
+        return (SYSTEM_PYTHON,), staged, root
     raise RuntimeError(
         f"user nobody can import our packages with neither {sys.executable} nor {SYSTEM_PYTHON}"
     )
+
+
+def python_for_nobody() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The interpreter argv and extra environment that let nobody import the venv's packages."""
+    argv, extra, _ = _nobody_python()
+    return argv, extra
+
+
+def checkout_for_nobody() -> Path:
+    """The checkout as nobody can read it: the repository itself, or a staged copy of it."""
+    return _nobody_python()[2]
 
 
 def python_as_nobody(
