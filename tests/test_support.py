@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 from dbus_fast import Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
-from support import REPO_ROOT, skip_or_fail
+from support import skip_or_fail
 from support.bus import POLICY_FILE, POLKIT_BUS_POLICY, SystemBus
 from support.collector import SignalCollector, connect, disconnect
 from support.netns import (
