@@ -21,13 +21,14 @@ from pnpbroker.service import event_body
 
 log = logging.getLogger(__name__)
 
+#: Signals sent as one write and acknowledged by one barrier.
 WINDOW = 128
+#: Windows in flight at most (the oldest is awaited before another is sent).
 MAX_BARRIERS = 2
-PAGE = 512
 
 
 class Link(Protocol):
-    def emit(self, member: str, signature: str, body: list[Any]) -> None: ...
+    def emit_many(self, member: str, signature: str, bodies: list[list[Any]]) -> None: ...
 
     def barrier(self) -> asyncio.Future[Any]: ...
 
@@ -87,32 +88,24 @@ class Publisher:
                     await self._wake.wait()
 
     async def _pump(self, link: Link) -> bool:
-        """Send everything handled; True once all of it is acknowledged."""
+        """Send everything handled, a window at a time; True once all of it is acknowledged."""
         sent = self.journal.published
         barriers: deque[tuple[asyncio.Future[Any], int]] = deque()
-        since_barrier = 0
         while link is self._link:
-            records = self.journal.unpublished(sent, PAGE)
+            records = self.journal.unpublished(sent, WINDOW)
             if not records:
-                if since_barrier:
-                    barriers.append((link.barrier(), sent))
-                    since_barrier = 0
                 while barriers:
                     await self._settle(barriers)
                 self.journal.flush()
                 return True
-            for record in records:
-                try:
-                    link.emit("Event", names.EVENT_SIGNATURE, event_body(record))
-                except Exception as exc:
-                    raise LinkLost(str(exc)) from exc
-                sent = record.sequence
-                since_barrier += 1
-                if since_barrier >= WINDOW:
-                    barriers.append((link.barrier(), sent))
-                    since_barrier = 0
-                    while len(barriers) >= MAX_BARRIERS:
-                        await self._settle(barriers)
+            try:
+                link.emit_many("Event", names.EVENT_SIGNATURE, [event_body(r) for r in records])
+            except Exception as exc:
+                raise LinkLost(str(exc)) from exc
+            sent = records[-1].sequence
+            barriers.append((link.barrier(), sent))
+            while len(barriers) >= MAX_BARRIERS:
+                await self._settle(barriers)
         return False
 
     async def _settle(self, barriers: deque[tuple[asyncio.Future[Any], int]]) -> None:
