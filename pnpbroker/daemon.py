@@ -22,8 +22,9 @@ from pnpbroker import names
 from pnpbroker.busconn import BusLink, NameTaken
 from pnpbroker.config import Config
 from pnpbroker.errors import ForgedSender, MalformedUevent
-from pnpbroker.hotplug import Handler, ProgramHandler, ProgramRunner
+from pnpbroker.hotplug import ProgramRunner
 from pnpbroker.journal import Journal, Record
+from pnpbroker.legacy import make_handler
 from pnpbroker.notify import sd_notify
 from pnpbroker.publisher import Publisher
 from pnpbroker.sequencer import Sequencer
@@ -37,13 +38,6 @@ HOUSEKEEPING_SECONDS = 5.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Log the first N of each kind of rejected datagram, then one in every M.
 _LOG_FIRST, _LOG_EVERY = 10, 1000
-
-
-def make_handler(config: Config, runner: ProgramRunner) -> Handler | None:
-    """The legacy handler the configuration asks for; None when no program is configured."""
-    if not config.hotplug_program:
-        return None
-    return ProgramHandler(config.hotplug_program, runner)
 
 
 class Broker:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -46,6 +47,7 @@ async def serve(
     if dry_run:
         return await _dry_run(cfg, source)
     broker = Broker(cfg, source, open_journal(cfg))
+    os.chdir("/")  # as daemon(3): keep no directory busy; legacy programs start in "/"
     broker.reload_hook = lambda: configuration.load(path, overrides)
     log.info(
         "pnpbroker %s: program %s, journal %s",
