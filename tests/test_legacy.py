@@ -26,7 +26,7 @@ from support.netns import NetNS
 from pnpbroker import config
 from pnpbroker.errors import ConfigError
 from pnpbroker.hotplug import ProgramRunner
-from pnpbroker.legacy import make_handler
+from pnpbroker.legacy import make_handler, planned
 from pnpbroker.legacy.handlers import AgentHandler, SkippingHandler
 from pnpbroker.uevent import Uevent, from_properties
 
@@ -187,6 +187,29 @@ async def test_fork_path_reports_a_program_that_cannot_start(tmp_path: Path) -> 
     handler = await handle(cfg, event())
     assert handler["status"] == -1
     assert "No such file" in handler["error"]
+
+
+def test_dry_run_plans_what_each_mode_runs(tmp_path: Path) -> None:
+    hotplug_d_tree(tmp_path / "hotplug.d", tmp_path / "log")
+    script(tmp_path / "hotplug" / "net.agent", "exit 0")
+    cfg = config.Config(
+        hotplug_program="/sbin/x",
+        hotplug_d=str(tmp_path / "hotplug.d"),
+        agents_dir=str(tmp_path / "hotplug"),
+        skip=("usb",),
+    )
+    net, usb = event("net"), event("usb")
+    assert planned(cfg, net) == [["/sbin/x", "net"]]
+    assert planned(cfg, usb) == []
+    scripts = planned(cfg.replace(mode="hotplug.d"), net)
+    assert [os.path.basename(argv[0]) for argv in scripts] == [
+        "10-first.hotplug",
+        "20-fails.hotplug",
+        "30-last.hotplug",
+        "05-default.hotplug",
+    ]
+    assert planned(cfg.replace(mode="agents"), net) == [[f"{tmp_path}/hotplug/net.agent", "net"]]
+    assert planned(cfg.replace(mode="agents", skip=()), usb) == []
 
 
 @pytest.mark.root

@@ -12,9 +12,16 @@ import os
 from typing import TYPE_CHECKING
 
 from pnpbroker.hotplug import Handler, ProgramHandler, ProgramRunner
-from pnpbroker.legacy.handlers import AgentHandler, HotplugDirHandler, SkippingHandler
-from pnpbroker.legacy.options import credentials, rlimits
+from pnpbroker.legacy.handlers import (
+    AgentHandler,
+    HotplugDirHandler,
+    SkippingHandler,
+    agent_program,
+    hotplug_scripts,
+)
+from pnpbroker.legacy.options import SkipPattern, credentials, rlimits
 from pnpbroker.legacy.spawn import ForkSpawner
+from pnpbroker.uevent import Uevent
 
 if TYPE_CHECKING:
     from pnpbroker.config import Config
@@ -37,6 +44,19 @@ def make_spawner(config: Config) -> ForkSpawner | None:
     return ForkSpawner(ids, rlimits(config.limits))
 
 
+def planned(config: Config, event: Uevent) -> list[list[str]]:
+    """The commands ``config`` would run for ``event``, in order (``run --dry-run``)."""
+    if any(SkipPattern.parse(text).matches(event) for text in config.skip):
+        return []
+    if config.mode == "hotplug.d":
+        scripts = hotplug_scripts(config.hotplug_d, event.subsystem)
+    elif config.mode == "agents":
+        scripts = [agent_program(config.agents_dir, config.agent_fallback, event.subsystem)]
+    else:
+        scripts = [config.hotplug_program]
+    return [[script, event.subsystem] for script in scripts if script]
+
+
 def _mode_handler(config: Config, runner: ProgramRunner) -> Handler | None:
     if config.mode == "hotplug.d":
         return HotplugDirHandler(config.hotplug_d, runner)
@@ -48,4 +68,4 @@ def _mode_handler(config: Config, runner: ProgramRunner) -> Handler | None:
     return ProgramHandler(os.path.abspath(config.hotplug_program), runner)
 
 
-__all__ = ["AgentHandler", "HotplugDirHandler", "SkippingHandler", "make_handler"]
+__all__ = ["AgentHandler", "HotplugDirHandler", "SkippingHandler", "make_handler", "planned"]

@@ -29,6 +29,30 @@ def executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
+def hotplug_scripts(directory: str, subsystem: str) -> list[str]:
+    """The ``*.hotplug`` programs for one event, in the order they run."""
+    subdirs = [subsystem] if component(subsystem) and subsystem != DEFAULT_DIR else []
+    found: list[str] = []
+    for subdir in [*subdirs, DEFAULT_DIR]:
+        where = os.path.join(directory, subdir)
+        try:
+            names = sorted(os.listdir(where))
+        except OSError:
+            continue
+        paths = (os.path.join(where, n) for n in names if n.endswith(SUFFIX))
+        found.extend(path for path in paths if executable(path))
+    return found
+
+
+def agent_program(directory: str, fallback: str, subsystem: str) -> str:
+    """``DIR/SUBSYSTEM.agent`` when executable, else ``fallback``; "" when none."""
+    if component(subsystem):
+        agent = os.path.join(directory, f"{subsystem}.agent")
+        if executable(agent):
+            return agent
+    return fallback
+
+
 class HotplugDirHandler:
     """``DIR/SUBSYSTEM/*.hotplug`` then ``DIR/default/*.hotplug``, by name, each one run.
 
@@ -40,26 +64,12 @@ class HotplugDirHandler:
         self.directory = directory
         self.runner = runner
 
-    def scripts(self, subsystem: str) -> list[str]:
-        """The programs for one event, in the order they run."""
-        subdirs = [subsystem] if component(subsystem) and subsystem != DEFAULT_DIR else []
-        found: list[str] = []
-        for subdir in [*subdirs, DEFAULT_DIR]:
-            where = os.path.join(self.directory, subdir)
-            try:
-                names = sorted(os.listdir(where))
-            except OSError:
-                continue
-            paths = (os.path.join(where, n) for n in names if n.endswith(SUFFIX))
-            found.extend(path for path in paths if executable(path))
-        return found
-
     async def handle(self, event: Uevent, sequence: int) -> dict[str, Any]:
         env = event_environment(event)
         label = f"event {sequence}"
         runs = [
             await self.runner.run([path, event.subsystem], env, label)
-            for path in self.scripts(event.subsystem)
+            for path in hotplug_scripts(self.directory, event.subsystem)
         ]
         return combine(self.directory, runs)
 
@@ -85,16 +95,8 @@ class AgentHandler:
         self.fallback = fallback
         self.runner = runner
 
-    def program(self, subsystem: str) -> str:
-        """The program for one event's subsystem; "" when none."""
-        if component(subsystem):
-            agent = os.path.join(self.directory, f"{subsystem}.agent")
-            if executable(agent):
-                return agent
-        return self.fallback
-
     async def handle(self, event: Uevent, sequence: int) -> dict[str, Any]:
-        program = self.program(event.subsystem)
+        program = agent_program(self.directory, self.fallback, event.subsystem)
         if not program:
             return {}
         argv = [program, event.subsystem]
