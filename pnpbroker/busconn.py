@@ -5,8 +5,9 @@ and drops the connection. Two measures keep that from happening, both confined t
 
 - the writer's socket is wrapped so that ``EAGAIN`` means "0 bytes written, wait for writable",
   which the writer already handles for short writes;
-- :meth:`BusLink.barrier` sends ``Peer.Ping`` to the bus daemon; its reply proves the daemon has
-  read every message sent before it. The publisher keeps at most two windows unacknowledged.
+- :meth:`BusLink.barrier` makes a round trip to the bus daemon (``GetId``); its reply proves
+  the daemon has read every message sent before it. The publisher keeps at most two windows
+  unacknowledged.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dbus_fast.service import ServiceInterface
 
 from pnpbroker import names
 from pnpbroker.errors import BrokerError
+from pnpbroker.service import track_callers
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class BusLink:
         bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
         await bus.connect()
         link = cls(bus)
+        track_callers(bus)
         bus.export(names.OBJECT_PATH, service)
         reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -84,13 +87,15 @@ class BusLink:
 
     def barrier(self) -> asyncio.Future[Message]:
         """A future that resolves once the bus daemon has read everything sent so far."""
-        ping = Message(
+        # GetId, not Peer.Ping: a Debian system bus lets anyone call the daemon's own
+        # interface, but refuses Peer calls to the daemon, root's included.
+        get_id = Message(
             destination="org.freedesktop.DBus",
             path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus.Peer",
-            member="Ping",
+            interface="org.freedesktop.DBus",
+            member="GetId",
         )
-        return asyncio.ensure_future(self.bus.call(ping))
+        return asyncio.ensure_future(self.bus.call(get_id))
 
     @property
     def connected(self) -> bool:

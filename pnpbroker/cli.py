@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pnpbroker import __version__, config
+from pnpbroker import __version__, config, install
 from pnpbroker.errors import ConfigError, SourceError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_CONFIG, EXIT_USAGE, EXIT_SYSTEM = 0, 1, 2, 100, 111
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="read kernel uevents, run the legacy program, publish")
     _run_arguments(run)
+    inst = commands.add_parser("install", help="put the bus, polkit and systemd files in place")
+    install.add_arguments(inst)
+    inst.set_defaults(handler=install.run)
     return parser
 
 
@@ -115,5 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)
+    if hasattr(args, "handler"):
+        code: int = args.handler(args)
+        return code
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

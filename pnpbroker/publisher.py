@@ -1,10 +1,11 @@
 """The publisher stage: handled events become Event signals, in order, acknowledged by the bus.
 
 It reads handled-but-unpublished records from the journal and emits them on the current bus link.
-Every ``WINDOW`` signals (and whenever it runs out of work) it sends a barrier (``Peer.Ping``);
-a barrier's reply moves the journal's ``published`` cursor. At most two barriers are outstanding,
-which bounds memory and keeps the socket from overflowing. If the link dies, what was not
-acknowledged is sent again on the next link: subscribers drop repeats by sequence.
+Every ``WINDOW`` signals (and whenever it runs out of work) it sends a barrier, a ``GetId`` round
+trip to the bus daemon; a barrier's reply moves the journal's ``published`` cursor. At most two
+barriers are outstanding, which bounds memory and keeps the socket from overflowing. If the link
+dies, what was not acknowledged is sent again on the next link: subscribers drop repeats by
+sequence.
 """
 
 from __future__ import annotations
@@ -101,7 +102,10 @@ class Publisher:
                 self.journal.flush()
                 return True
             for record in records:
-                link.emit("Event", names.EVENT_SIGNATURE, event_body(record))
+                try:
+                    link.emit("Event", names.EVENT_SIGNATURE, event_body(record))
+                except Exception as exc:
+                    raise LinkLost(str(exc)) from exc
                 sent = record.sequence
                 since_barrier += 1
                 if since_barrier >= WINDOW:
