@@ -8,7 +8,6 @@ from the bus as a client would.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
@@ -17,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_fast import BusType, Message, MessageType, Variant
-from dbus_fast.aio import MessageBus
+from dbus_fast import Variant
 from support.broker import BrokerProcess
 from support.bus import SystemBus
+from support.collector import SignalCollector
 from support.netns import NetNS
 
 from pnpbroker import config
@@ -239,65 +238,26 @@ def plain(value: Any) -> Any:
     return value
 
 
-class EventSignals:
-    """The broker's Event signals as ``(sequence, action, subsystem, devpath, props, handler)``.
-
-    A small stand-in for tests/support's SignalCollector (on another branch at the time).
-    """
-
-    def __init__(self, bus: SystemBus) -> None:
-        self.address = bus.address
-        self.events: list[tuple[Any, ...]] = []
-        self._arrived = asyncio.Event()
-        self._bus: MessageBus | None = None
-
-    async def __aenter__(self) -> EventSignals:
-        self._bus = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()
-        self._bus.add_message_handler(self._on_message)
-        match = "type='signal',sender='org.pnp.Broker',member='Event'"
-        reply = await self._bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[match],
-            )
-        )
-        assert reply is not None
-        assert reply.message_type == MessageType.METHOD_RETURN
-        return self
-
-    def _on_message(self, message: Message) -> None:
-        if message.message_type == MessageType.SIGNAL and message.member == "Event":
-            self.events.append(tuple(plain(message.body)))
-            self._arrived.set()
-
-    async def wait_for(
-        self,
-        done: Callable[[tuple[Any, ...]], bool],
-        timeout: float = 60.0,  # noqa: ASYNC109 - only stops a hang
-    ) -> list[tuple[Any, ...]]:
-        """Wait for an event satisfying ``done``; return every event up to it."""
-        async with asyncio.timeout(timeout):
-            while not any(done(ev) for ev in self.events):
-                self._arrived.clear()
-                await self._arrived.wait()
-        last = next(i for i, ev in enumerate(self.events) if done(ev))
-        return self.events[: last + 1]
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._bus is not None:
-            self._bus.disconnect()
-            await self._bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+Body = tuple[Any, ...]  # (sequence, action, subsystem, devpath, properties, handler)
 
 
-def removed(interface: str) -> Callable[[tuple[Any, ...]], bool]:
+async def wait_for_event(signals: SignalCollector, done: Callable[[Body], bool]) -> list[Body]:
+    """Every Event signal up to the first one satisfying ``done``, Variants unwrapped."""
+
+    def events() -> list[Body]:
+        return [tuple(plain(message.body)) for message in signals.members("Event")]
+
+    await signals.wait_for(lambda _: any(done(ev) for ev in events()), timeout=60)
+    found = events()
+    last = next(i for i, ev in enumerate(found) if done(ev))
+    return found[: last + 1]
+
+
+def removed(interface: str) -> Callable[[Body], bool]:
     return lambda ev: ev[1:3] == ("remove", "net") and ev[4].get("INTERFACE") == interface
 
 
-def in_netns(events: list[tuple[Any, ...]], interface: str) -> list[tuple[Any, ...]]:
+def in_netns(events: list[Body], interface: str) -> list[Body]:
     """This test's events: those of its link and its queues."""
     return [ev for ev in events if ev[3].startswith(f"/devices/virtual/net/{interface}")]
 
@@ -327,10 +287,10 @@ async def test_classic_agent_and_fallback(
     fallback = script(tmp_path / "fallback", f'echo "$1 $ACTION $DEVPATH" >> {fallback_log}')
     toml = f'mode = "agents"\nagents_dir = "{tmp_path}/hotplug"\nagent_fallback = "{fallback}"\n'
     with start_broker(system_bus, netns, tmp_path, toml) as broker:
-        async with EventSignals(system_bus) as signals:
+        async with SignalCollector(system_bus.address) as signals:
             netns.add_ifbs(["pnpag0"])
             netns.del_ifbs(["pnpag0"])
-            events = in_netns(await signals.wait_for(removed("pnpag0")), "pnpag0")
+            events = in_netns(await wait_for_event(signals, removed("pnpag0")), "pnpag0")
         assert broker.stop() == 0, broker.log()
     net = [ev for ev in events if ev[2] == "net"]
     assert [ev[1] for ev in net] == ["add", "remove"]
@@ -365,10 +325,10 @@ async def test_hotplug_d_skip_and_limits_through_the_broker(
         'user = "nobody"\nlimits = { nofile = 77 }\n'
     )
     with start_broker(system_bus, netns, public_dir, toml) as broker:
-        async with EventSignals(system_bus) as signals:
+        async with SignalCollector(system_bus.address) as signals:
             netns.add_ifbs(["pnphd0"])
             netns.del_ifbs(["pnphd0"])
-            events = in_netns(await signals.wait_for(removed("pnphd0")), "pnphd0")
+            events = in_netns(await wait_for_event(signals, removed("pnphd0")), "pnphd0")
         assert broker.stop() == 0, broker.log()
     handlers = {(ev[1], ev[2], ev[3].rsplit("/", 1)[-1]): ev[5] for ev in events}
     add = handlers.pop(("add", "net", "pnphd0"))

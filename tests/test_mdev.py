@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from support import require_binaries
 from support.bus import SystemBus
+from support.collector import SignalCollector
 from support.netns import NetNS
-from test_legacy import EventSignals, script, start_broker
+from test_legacy import script, start_broker, wait_for_event
 
 SYS = Path("/sys")
 DEVICES = ["/devices/virtual/mem/zero", "/devices/virtual/mem/full", "/devices/virtual/block/loop0"]
@@ -70,11 +71,11 @@ async def test_mdev_makes_the_right_nodes_in_order(
     writes = [(d, "add") for d in DEVICES] + [(DEVICES[-1], "remove")]
     toml = f'hotplug_program = "{wrapper}"\n'
     with start_broker(system_bus, netns, tmp_path, toml) as broker:
-        async with EventSignals(system_bus) as signals:
+        async with SignalCollector(system_bus.address) as signals:
             for devpath, action in writes:
                 (SYS / devpath.lstrip("/") / "uevent").write_text(f"{action} {mine}")
-            events = await signals.wait_for(
-                lambda ev: ev[4].get("SYNTH_UUID") == mine and ev[1] == "remove"
+            events = await wait_for_event(
+                signals, lambda ev: ev[4].get("SYNTH_UUID") == mine and ev[1] == "remove"
             )
         assert broker.stop() == 0, broker.log()
     events = [ev for ev in events if ev[4].get("SYNTH_UUID") == mine]
