@@ -77,7 +77,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     for key in ("state_dir", "hotplug_program", "timeout", "receive_buffer", "bus_address"):
         value = getattr(args, key)
         if value is not None:
-            found[key] = str(value) if isinstance(value, Path) else value
+            found[key] = str(value.absolute()) if isinstance(value, Path) else value
     if args.no_program:
         found["hotplug_program"] = ""
     if args.verbose:
@@ -94,6 +94,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pnpbroker import runner  # the heavy imports only for the daemon
 
     overrides = _overrides(args)
+    if args.config is not None:
+        args.config = args.config.absolute()  # the daemon works in "/"; reload reads it again
     try:
         cfg = config.load(args.config, overrides)
     except ConfigError as exc:

@@ -23,8 +23,9 @@ from pnpbroker import names
 from pnpbroker.busconn import BusLink, NameTaken
 from pnpbroker.config import Config
 from pnpbroker.errors import ForgedSender, MalformedUevent
-from pnpbroker.hotplug import Handler, ProgramHandler, ProgramRunner
+from pnpbroker.hotplug import ProgramRunner
 from pnpbroker.journal import Journal, Record
+from pnpbroker.legacy import make_handler
 from pnpbroker.notify import sd_notify
 from pnpbroker.polkit import Authority, NotAuthorized
 from pnpbroker.publisher import Publisher
@@ -42,13 +43,6 @@ SHUTDOWN_PUBLISH_SECONDS = 10.0
 COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
 #: Log the first N of each kind of rejected datagram, then one in every M.
 _LOG_FIRST, _LOG_EVERY = 10, 1000
-
-
-def make_handler(config: Config, runner: ProgramRunner) -> Handler | None:
-    """The legacy handler the configuration asks for; None when no program is configured."""
-    if not config.hotplug_program:
-        return None
-    return ProgramHandler(config.hotplug_program, runner)
 
 
 class Broker:
