@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from pnpbroker import __version__
 from pnpbroker import config as configuration
 from pnpbroker.config import Config
 from pnpbroker.daemon import Broker
@@ -52,17 +53,11 @@ async def serve(
     broker.reload_hook = lambda: configuration.load(path, overrides)
     log.info(
         "pnpbroker %s: program %s, journal %s",
-        _version(),
+        __version__,
         cfg.hotplug_program or "none",
         cfg.state_dir / JOURNAL_NAME,
     )
     return await broker.run()
-
-
-def _version() -> str:
-    from pnpbroker import __version__
-
-    return __version__
 
 
 async def _dry_run(cfg: Config, source: Source) -> int:
