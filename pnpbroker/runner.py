@@ -16,17 +16,18 @@ from pnpbroker.daemon import Broker
 from pnpbroker.errors import BrokerError, SourceError
 from pnpbroker.hotplug import event_environment
 from pnpbroker.journal import Journal
+from pnpbroker.output import Output
 from pnpbroker.sources import Overflow, Source, check
-from pnpbroker.sources.netlink import NetlinkSource
+from pnpbroker.sources.choose import SourceOptions, open_sources
 
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.sqlite"
 
 
-def open_source(cfg: Config) -> Source:
-    """The event source: the kernel's netlink multicast."""
-    return NetlinkSource.open(cfg.receive_buffer)
+def open_source(cfg: Config, options: SourceOptions | None = None) -> Source:
+    """The event source: see :mod:`pnpbroker.sources.choose` (default: the kernel's netlink)."""
+    return open_sources(options or SourceOptions(), cfg.receive_buffer)
 
 
 def open_journal(cfg: Config) -> Journal:
@@ -40,12 +41,19 @@ def open_journal(cfg: Config) -> Journal:
 
 
 async def serve(
-    cfg: Config, path: Path | None, overrides: Mapping[str, object], dry_run: bool = False
+    cfg: Config,
+    path: Path | None,
+    overrides: Mapping[str, object],
+    dry_run: bool = False,
+    sources: SourceOptions | None = None,
+    output: int | None = None,
 ) -> int:
-    source = open_source(cfg)
+    source = open_source(cfg, sources)
     if dry_run:
         return await _dry_run(cfg, source)
     broker = Broker(cfg, source, open_journal(cfg))
+    if output is not None:
+        broker.output = Output(output, broker.journal)
     broker.reload_hook = lambda: configuration.load(path, overrides)
     log.info(
         "pnpbroker %s: program %s, journal %s",
