@@ -15,22 +15,35 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 DEFAULT_SOCKET = "/run/pnpbroker/helper.sock"
 #: Tests and unusual setups only: the kernel never sets this, and it is not sent.
 SOCKET_VARIABLE = "PNPBROKER_HELPER_SOCKET"
 #: Added by the kernel for the helper process, not part of the uevent (lib/kobject_uevent.c).
-NOT_EVENT_KEYS = frozenset({"HOME", "PATH", SOCKET_VARIABLE})
+NOT_EVENT_KEYS = frozenset({b"HOME", b"PATH", SOCKET_VARIABLE.encode()})
 
 
-def datagram(subsystem: str, environ: Mapping[str, str]) -> bytes:
+def original_environment() -> list[tuple[bytes, bytes]]:
+    """The environment exactly as the kernel passed it, in its order.
+
+    Read from /proc/self/environ because Python edits ``os.environ`` at start-up (with the C
+    locale it adds LC_CTYPE=C.UTF-8, PEP 538); without /proc (early boot), ``os.environb``.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as file:
+            entries = [e for e in file.read().split(b"\0") if b"=" in e]
+    except OSError:
+        return list(os.environb.items())
+    return [(key, value) for key, _, value in (e.partition(b"=") for e in entries)]
+
+
+def datagram(subsystem: bytes, environ: list[tuple[bytes, bytes]]) -> bytes:
     """The kernel's netlink datagram for the event the helper was called with."""
-    env = {k: v for k, v in environ.items() if k not in NOT_EVENT_KEYS}
-    env.setdefault("SUBSYSTEM", subsystem)
-    header = f"{env.get('ACTION', '')}@{env.get('DEVPATH', '')}"
-    fields = [header, *(f"{key}={value}" for key, value in env.items())]
-    return "\0".join(fields).encode("utf-8", "surrogateescape") + b"\0"
+    env = {k: v for k, v in environ if k not in NOT_EVENT_KEYS}
+    env.setdefault(b"SUBSYSTEM", subsystem)
+    header = env.get(b"ACTION", b"") + b"@" + env.get(b"DEVPATH", b"")
+    return b"\0".join([header, *(key + b"=" + value for key, value in env.items())]) + b"\0"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = os.environ.get(SOCKET_VARIABLE, DEFAULT_SOCKET)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(datagram(args[1], os.environ), path)
+            sock.sendto(datagram(os.fsencode(args[1]), original_environment()), path)
     except OSError as exc:
         print(f"pnpbroker-helper: cannot reach the broker at {path}: {exc}", file=sys.stderr)
         return 111
