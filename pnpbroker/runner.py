@@ -85,7 +85,8 @@ async def _dry_run(cfg: Config, source: Source) -> int:
             try:
                 event = check(item)
             except BrokerError as exc:
-                print(f"# rejected: {exc}", flush=True)
+                at = f" at {item.where}" if item.where else ""
+                print(f"# rejected{at}: {exc}", flush=True)
                 continue
             argv = [cfg.hotplug_program or "(no program)", event.subsystem]
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in event_environment(event).items())

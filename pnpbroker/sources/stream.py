@@ -67,16 +67,16 @@ class StreamSource:
         items: list[Item] = []
         buffer, start = self._buffer, 0
         while True:
+            if not self._skipping and buffer[start : start + 1] == b"\0":
+                items.append(self._datagram(b"", start))  # a stray NUL: an empty record
+                start += 1
+                continue
             end = buffer.find(TERMINATOR, start)
             if end < 0:
                 break
-            if self._skipping:
-                self._skipping = False
-            elif end == start:  # a stray NUL between records: an empty record
-                items.append(self._datagram(b"", start))
-                end -= 1
-            else:
+            if not self._skipping:
                 items.append(self._datagram(buffer[start : end + 1], start))
+            self._skipping = False
             start = end + 2
         if len(buffer) - start > MAX_UEVENT_SIZE and not self._skipping:
             items.append(self._datagram(buffer[start : start + MAX_UEVENT_SIZE], start, True))
