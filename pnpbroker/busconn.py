@@ -3,10 +3,12 @@
 dbus-fast (like dbus-next, issue 153 there) treats ``EAGAIN`` from a full socket as a fatal error
 and drops the connection. Two measures keep that from happening, both confined to this module:
 
-- the writer's socket is wrapped so that ``EAGAIN`` means "0 bytes written, wait for writable",
+- signals are queued on the writer as whole windows (one buffer, one write), and its socket
+  is wrapped so that ``EAGAIN`` means "0 bytes written, wait for writable",
   which the writer already handles for short writes;
-- :meth:`BusLink.barrier` sends ``Peer.Ping`` to the bus daemon; its reply proves the daemon has
-  read every message sent before it. The publisher keeps at most two windows unacknowledged.
+- :meth:`BusLink.barrier` makes a round trip to the bus daemon (``GetId``); its reply proves
+  the daemon has read every message sent before it. The publisher keeps at most two windows
+  unacknowledged.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dbus_fast.service import ServiceInterface
 
 from pnpbroker import names
 from pnpbroker.errors import BrokerError
+from pnpbroker.service import track_callers
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class BusLink:
         assert writer is not None, "connect() first"
         assert writer.sock is not None, "connect() first"
         writer.sock = _SendWaitsOnEAGAIN(writer.sock)  # type: ignore[assignment]
-        self._schedule = writer.schedule_write
+        self._writer = writer
 
     @classmethod
     async def connect(cls, address: str | None, service: ServiceInterface) -> BusLink:
@@ -69,6 +72,7 @@ class BusLink:
         bus = MessageBus(bus_address=address, bus_type=BusType.SYSTEM)
         await bus.connect()
         link = cls(bus)
+        track_callers(bus)
         bus.export(names.OBJECT_PATH, service)
         reply = await bus.request_name(names.BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
@@ -77,20 +81,30 @@ class BusLink:
         return link
 
     def emit(self, member: str, signature: str, body: list[Any]) -> None:
-        """Queue a signal; no future, no await: ordering and flow control are the caller's."""
-        msg = Message.new_signal(names.OBJECT_PATH, names.INTERFACE, member, signature, body)
-        msg.serial = self.bus.next_serial()
-        self._schedule(msg, None)
+        """Queue one signal; no future, no await: ordering and flow control are the caller's."""
+        self.emit_many(member, signature, [body])
+
+    def emit_many(self, member: str, signature: str, bodies: list[list[Any]]) -> None:
+        """Queue signals as one buffer, so a window of them costs one write, not one each."""
+        buf = bytearray()
+        for body in bodies:
+            msg = Message.new_signal(names.OBJECT_PATH, names.INTERFACE, member, signature, body)
+            msg.serial = self.bus.next_serial()
+            buf += msg._marshall(self._writer.negotiate_unix_fd)
+        self._writer.messages.append((buf, None, None))
+        self._writer.schedule_write(None, None)
 
     def barrier(self) -> asyncio.Future[Message]:
         """A future that resolves once the bus daemon has read everything sent so far."""
-        ping = Message(
+        # GetId, not Peer.Ping: a Debian system bus lets anyone call the daemon's own
+        # interface, but refuses Peer calls to the daemon, root's included.
+        get_id = Message(
             destination="org.freedesktop.DBus",
             path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus.Peer",
-            member="Ping",
+            interface="org.freedesktop.DBus",
+            member="GetId",
         )
-        return asyncio.ensure_future(self.bus.call(ping))
+        return asyncio.ensure_future(self.bus.call(get_id))
 
     @property
     def connected(self) -> bool:

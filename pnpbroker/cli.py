@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pnpbroker import __version__, config
+from pnpbroker import __version__, config, install
 from pnpbroker.errors import ConfigError, SourceError
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_CONFIG, EXIT_USAGE, EXIT_SYSTEM = 0, 1, 2, 100, 111
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="read kernel uevents, run the legacy program, publish")
     _run_arguments(run)
+    inst = commands.add_parser("install", help="put the bus, polkit and systemd files in place")
+    install.add_arguments(inst)
+    inst.set_defaults(handler=install.run)
     trigger = commands.add_parser("trigger", help="make the kernel re-send devices' add events")
     _trigger_arguments(trigger)
     return parser
@@ -108,7 +111,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
     for key in ("state_dir", "hotplug_program", "timeout", "receive_buffer", "bus_address"):
         value = getattr(args, key)
         if value is not None:
-            found[key] = str(value) if isinstance(value, Path) else value
+            found[key] = str(value.absolute()) if isinstance(value, Path) else value
     if args.no_program:
         found["hotplug_program"] = ""
     if args.verbose:
@@ -125,6 +128,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pnpbroker import runner  # the heavy imports only for the daemon
 
     overrides = _overrides(args)
+    if args.config is not None:
+        args.config = args.config.absolute()  # the daemon works in "/"; reload reads it again
     try:
         cfg = config.load(args.config, overrides)
     except ConfigError as exc:
@@ -169,5 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_run(args)
     if args.command == "trigger":
         return _cmd_trigger(args)
+    if hasattr(args, "handler"):
+        code: int = args.handler(args)
+        return code
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

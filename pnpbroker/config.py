@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pnpbroker.errors import ConfigError
+from pnpbroker.legacy import options as legacy
 
 DEFAULT_PATH = Path("/etc/pnpbroker/pnpbroker.toml")
 LEGACY_PROGRAM = Path("/sbin/hotplug")
@@ -39,6 +40,15 @@ class Config:
     retention_days: float = 7.0
     log_level: str = "info"
     bus_address: str = ""
+    # The legacy path (pnpbroker.legacy): mode, skip list, credentials and limits.
+    mode: str = "program"
+    hotplug_d: str = "/etc/hotplug.d"
+    agents_dir: str = "/etc/hotplug"
+    agent_fallback: str = ""
+    skip: tuple[str, ...] = ()
+    user: str = ""
+    group: str = ""
+    limits: legacy.Limits = ()
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -69,6 +79,8 @@ def _convert(key: str, value: object) -> object:
         if number <= 0:
             raise ConfigError(key, f"must be positive, got {number}")
         return number
+    if key in legacy.KEYS:
+        return legacy.convert(key, value)
     if not isinstance(value, str):
         raise ConfigError(key, f"expected a string, got {value!r}")
     if key == "state_dir":

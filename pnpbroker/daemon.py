@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,10 +23,12 @@ from pnpbroker import names
 from pnpbroker.busconn import BusLink, NameTaken
 from pnpbroker.config import Config
 from pnpbroker.errors import ForgedSender, MalformedUevent
-from pnpbroker.hotplug import Handler, ProgramHandler, ProgramRunner
+from pnpbroker.hotplug import ProgramRunner
 from pnpbroker.journal import Journal, Record
+from pnpbroker.legacy import make_handler
 from pnpbroker.notify import sd_notify
 from pnpbroker.output import Output
+from pnpbroker.polkit import Authority, NotAuthorized
 from pnpbroker.publisher import Publisher
 from pnpbroker.resync import Resync, trigger_in_thread
 from pnpbroker.sequencer import Sequencer
@@ -36,16 +39,12 @@ from pnpbroker.uevent import Uevent
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
+JOURNAL_RETRY_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
+#: Counters always present in the Statistics property (others appear when they first count).
+COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
 #: Log the first N of each kind of rejected datagram, then one in every M.
 _LOG_FIRST, _LOG_EVERY = 10, 1000
-
-
-def make_handler(config: Config, runner: ProgramRunner) -> Handler | None:
-    """The legacy handler the configuration asks for; None when no program is configured."""
-    if not config.hotplug_program:
-        return None
-    return ProgramHandler(config.hotplug_program, runner)
 
 
 class Broker:
@@ -61,10 +60,12 @@ class Broker:
         self.publisher = Publisher(journal, on_published=self._published)
         self.interface = BrokerInterface(self)
         self.link: BusLink | None = None
+        self.authority: Authority | None = None
         self.exit_code = 0
         self.reload_hook: Callable[[], Config] | None = None
         self.output: Output | None = None
         self.resync = Resync()
+        self._unrecorded: list[Uevent] = []
         self._stop = asyncio.Event()
         self._progress = asyncio.Event()
         self._ready = False
@@ -86,8 +87,26 @@ class Broker:
         result = await trigger_in_thread(subsystems, action)
         return result.uuid, result.written
 
+    async def authorize(self, sender: str, action_id: str) -> None:
+        """polkit decides (CheckAuthorization on the sender's bus name)."""
+        if self.authority is None:
+            raise NotAuthorized(action_id, "not connected to the bus")
+        await self.authority.check(sender, action_id)
+        log.info("%s authorized for %s", sender, action_id)
+
+    @property
+    def paused(self) -> bool:
+        return self.sequencer.paused
+
+    def pause(self) -> None:
+        self.sequencer.pause()
+
+    def resume(self) -> None:
+        self.sequencer.resume()
+
     def statistics(self) -> dict[str, int]:
-        stats = dict(self.stats)
+        stats = dict.fromkeys(COUNTERS, 0)
+        stats.update(self.stats)
         stats.update(
             published=self.publisher.count,
             journalled=self.journal.last,
@@ -98,8 +117,14 @@ class Broker:
 
     # The reader.
     def _on_readable(self) -> None:
+        try:
+            items = self.source.read_batch()
+        except OSError as exc:
+            log.error("cannot read the event source: %s; stopping", exc)
+            self._fail()
+            return
         events: list[Uevent] = []
-        for item in self.source.read_batch():
+        for item in items:
             if isinstance(item, Overflow):
                 self._lost()
                 continue
@@ -110,12 +135,52 @@ class Broker:
             except MalformedUevent as exc:
                 self._reject("malformed", exc, item.where)
         if events:
-            self.journal.append(events)
             self.stats["received"] += len(events)
-            self.sequencer.notify()
+            self._record(events)
         if self.source.eof:
             asyncio.get_running_loop().remove_reader(self.source.fileno())
             asyncio.get_running_loop().create_task(self._finish_stream())
+
+    def _record(self, events: list[Uevent]) -> None:
+        """Journal a batch; if the journal cannot take it, stop reading until it can."""
+        self._unrecorded.extend(events)
+        try:
+            self.journal.append(self._unrecorded)
+        except sqlite3.Error as exc:
+            log.error(
+                "cannot journal %d events (%s); pausing reading, the kernel queues meanwhile",
+                len(self._unrecorded),
+                exc,
+            )
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.source.fileno())
+            loop.call_later(JOURNAL_RETRY_SECONDS, self._retry_record)
+            return
+        self._unrecorded.clear()
+        self.sequencer.notify()
+
+    def _retry_record(self) -> None:
+        if self._stop.is_set():
+            return
+        self._record([])
+        if not self._unrecorded:
+            log.info("journal writable again; reading resumes")
+            asyncio.get_running_loop().add_reader(self.source.fileno(), self._on_readable)
+
+    def _fail(self) -> None:
+        """Stop with the system-error exit code."""
+        self.exit_code = 111
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.source.fileno())
+        self.stop()
+
+    def _stage_died(self, task: asyncio.Task[Any]) -> None:
+        """A pipeline stage must never end on its own; if one does, fail loudly."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        exc = task.exception()
+        log.error("%s stopped unexpectedly: %r; stopping", task.get_name(), exc)
+        self._fail()
 
     def _reject(self, kind: str, exc: Exception, where: str) -> None:
         key = f"rejected_{kind}"
@@ -137,7 +202,10 @@ class Broker:
             uuid,
         )
         if self.link is not None:
-            self.link.emit("EventsLost", "ts", [after, uuid])
+            try:
+                self.link.emit("EventsLost", "ts", [after, uuid])
+            except Exception as exc:  # a dying link is the bus keeper's business
+                log.warning("could not signal EventsLost: %s", exc)
 
     def _handled(self) -> None:
         self.publisher.notify()
@@ -206,6 +274,7 @@ class Broker:
             log.info("on the bus as %s (%s)", names.BUS_NAME, link.bus.unique_name)
             delay, warned = 0.2, False
             self.link = link
+            self.authority = Authority(link.bus)
             self.publisher.attach(link)
             self._became_ready()
             await link.wait_closed()
@@ -243,6 +312,8 @@ class Broker:
             loop.create_task(self._keep_bus(), name="bus"),
             loop.create_task(self._housekeeping(), name="housekeeping"),
         ]
+        for task in tasks[:2]:
+            task.add_done_callback(self._stage_died)
         await self._stop.wait()
         await self._shutdown(tasks)
         return self.exit_code

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 KERNEL_ENV = {"HOME": "/", "PATH": "/sbin:/bin:/usr/sbin:/usr/bin"}
 #: Signals Python ignores for itself that a child must get back at their defaults.
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+#: Another way to start a program (``pnpbroker.legacy.spawn``: user, group, limits):
+#: ``(argv, env, stdout_fd, stderr_fd) -> pid`` of a child leading its own process group.
+Spawner = Callable[[list[str], Mapping[str, str], int, int], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,7 @@ class ProgramRunner:
         self._stdout = _OutputLog(logging.INFO)
         self._stderr = _OutputLog(logging.WARNING)
         self._watching = False
+        self.spawner: Spawner | None = None  # None: the posix_spawn fast path below
 
     def _watch(self) -> None:
         if not self._watching:
@@ -120,6 +124,8 @@ class ProgramRunner:
             self._watching = True
 
     def _spawn(self, argv: list[str], env: Mapping[str, str]) -> int:
+        if self.spawner is not None:
+            return self.spawner(argv, env, self._stdout.write_fd, self._stderr.write_fd)
         return os.posix_spawn(
             argv[0],
             argv,

@@ -1,10 +1,11 @@
 """The publisher stage: handled events become Event signals, in order, acknowledged by the bus.
 
 It reads handled-but-unpublished records from the journal and emits them on the current bus link.
-Every ``WINDOW`` signals (and whenever it runs out of work) it sends a barrier (``Peer.Ping``);
-a barrier's reply moves the journal's ``published`` cursor. At most two barriers are outstanding,
-which bounds memory and keeps the socket from overflowing. If the link dies, what was not
-acknowledged is sent again on the next link: subscribers drop repeats by sequence.
+Every ``WINDOW`` signals (and whenever it runs out of work) it sends a barrier, a ``GetId`` round
+trip to the bus daemon; a barrier's reply moves the journal's ``published`` cursor. At most two
+barriers are outstanding, which bounds memory and keeps the socket from overflowing. If the link
+dies, what was not acknowledged is sent again on the next link: subscribers drop repeats by
+sequence.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from pnpbroker.service import event_body
 
 log = logging.getLogger(__name__)
 
+#: Signals sent as one write and acknowledged by one barrier.
 WINDOW = 128
+#: Windows in flight at most (the oldest is awaited before another is sent).
 MAX_BARRIERS = 2
-PAGE = 512
 
 
 class Link(Protocol):
-    def emit(self, member: str, signature: str, body: list[Any]) -> None: ...
+    def emit_many(self, member: str, signature: str, bodies: list[list[Any]]) -> None: ...
 
     def barrier(self) -> asyncio.Future[Any]: ...
 
@@ -86,29 +88,24 @@ class Publisher:
                     await self._wake.wait()
 
     async def _pump(self, link: Link) -> bool:
-        """Send everything handled; True once all of it is acknowledged."""
+        """Send everything handled, a window at a time; True once all of it is acknowledged."""
         sent = self.journal.published
         barriers: deque[tuple[asyncio.Future[Any], int]] = deque()
-        since_barrier = 0
         while link is self._link:
-            records = self.journal.unpublished(sent, PAGE)
+            records = self.journal.unpublished(sent, WINDOW)
             if not records:
-                if since_barrier:
-                    barriers.append((link.barrier(), sent))
-                    since_barrier = 0
                 while barriers:
                     await self._settle(barriers)
                 self.journal.flush()
                 return True
-            for record in records:
-                link.emit("Event", names.EVENT_SIGNATURE, event_body(record))
-                sent = record.sequence
-                since_barrier += 1
-                if since_barrier >= WINDOW:
-                    barriers.append((link.barrier(), sent))
-                    since_barrier = 0
-                    while len(barriers) >= MAX_BARRIERS:
-                        await self._settle(barriers)
+            try:
+                link.emit_many("Event", names.EVENT_SIGNATURE, [event_body(r) for r in records])
+            except Exception as exc:
+                raise LinkLost(str(exc)) from exc
+            sent = records[-1].sequence
+            barriers.append((link.barrier(), sent))
+            while len(barriers) >= MAX_BARRIERS:
+                await self._settle(barriers)
         return False
 
     async def _settle(self, barriers: deque[tuple[asyncio.Future[Any], int]]) -> None:

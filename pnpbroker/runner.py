@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -16,6 +17,7 @@ from pnpbroker.daemon import Broker
 from pnpbroker.errors import BrokerError, SourceError
 from pnpbroker.hotplug import event_environment
 from pnpbroker.journal import Journal
+from pnpbroker.legacy import planned
 from pnpbroker.output import Output
 from pnpbroker.sources import Overflow, Source, check
 from pnpbroker.sources.choose import SourceOptions, open_sources
@@ -54,6 +56,7 @@ async def serve(
     broker = Broker(cfg, source, open_journal(cfg))
     if output is not None:
         broker.output = Output(output, broker.journal)
+    os.chdir("/")  # as daemon(3): keep no directory busy; legacy programs start in "/"
     broker.reload_hook = lambda: configuration.load(path, overrides)
     log.info(
         "pnpbroker %s: program %s, journal %s",
@@ -88,9 +91,9 @@ async def _dry_run(cfg: Config, source: Source) -> int:
                 at = f" at {item.where}" if item.where else ""
                 print(f"# rejected{at}: {exc}", flush=True)
                 continue
-            argv = [cfg.hotplug_program or "(no program)", event.subsystem]
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in event_environment(event).items())
-            print(f"{event.seqnum}: env -i {env} {shlex.join(argv)}", flush=True)
+            for argv in planned(cfg, event) or [["(no program)", event.subsystem]]:
+                print(f"{event.seqnum}: env -i {env} {shlex.join(argv)}", flush=True)
         if source.eof:
             stop.set()
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from pnpbroker.hotplug import Handler
 from pnpbroker.journal import Journal
+from pnpbroker.uevent import Uevent
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,20 @@ class Sequencer:
         self._wake.set()
         self._running.set()
 
+    @staticmethod
+    async def _handle(handler: Handler, event: Uevent, sequence: int) -> dict[str, Any]:
+        """The handler's outcome; a handler that fails is reported, never stops the stage."""
+        try:
+            return await handler.handle(event, sequence)
+        except Exception as exc:
+            log.exception("event %d: the handler failed", sequence)
+            return {
+                "status": -1,
+                "signal": 0,
+                "timed_out": False,
+                "error": f"handler failed: {exc}",
+            }
+
     async def run(self) -> None:
         while not self._stopping:
             await self._running.wait()
@@ -74,6 +90,6 @@ class Sequencer:
             for record in records:
                 if self._stopping or self.paused:
                     break
-                outcome = await self.handler.handle(record.event, record.sequence)
+                outcome = await self._handle(self.handler, record.event, record.sequence)
                 self.journal.record_outcome(record.sequence, outcome)
                 self.on_handled()

@@ -7,12 +7,14 @@ errors become named D-Bus errors with a readable message and never a traceback.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
-from dbus_fast import DBusError, Variant
+from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
@@ -31,6 +33,8 @@ EventRow = Annotated[
     DBusSignature("(tsssa{ss}a{sv})"),
 ]
 EventRows = Annotated[list[EventRow], DBusSignature("a(tsssa{ss}a{sv})")]
+#: A method that returns nothing (a bare ``None`` annotation confuses dbus-fast).
+Nothing = Annotated[None, DBusSignature("")]
 
 
 def _variant(value: Any) -> Variant:
@@ -69,6 +73,17 @@ def event_body(record: Record) -> list[Any]:
 class Core(Protocol):
     """What the service needs from the broker; the service itself holds no state."""
 
+    async def authorize(self, sender: str, action_id: str) -> None: ...
+
+    @property
+    def paused(self) -> bool: ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def reload(self) -> None: ...
+
     def events_after(self, after: int, limit: int) -> list[Record]: ...
 
     @property
@@ -96,6 +111,26 @@ def trigger_options(options: Mapping[str, Variant]) -> tuple[list[str], str]:
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+#: The unique name of the connection whose method call is being served.
+#: dbus-fast does not hand the message to a service method, but it runs our message handler
+#: first and then creates the method's task, which copies this context: each call keeps its own.
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+
+
+def track_callers(bus: MessageBus) -> None:
+    """Make each method call's sender available to :func:`caller` (install once per bus)."""
+
+    def remember(msg: Message) -> None:
+        if msg.message_type is MessageType.METHOD_CALL and msg.path == names.OBJECT_PATH:
+            _caller.set(msg.sender or "")
+
+    bus.add_message_handler(remember)
+
+
+def caller() -> str:
+    """The sender of the method call being served."""
+    return _caller.get()
 
 
 def named_errors(method: F) -> F:
@@ -153,9 +188,32 @@ class BrokerInterface(ServiceInterface):
     async def Trigger(
         self, options: Annotated[dict[str, Variant], DBusSignature("a{sv}")]
     ) -> Annotated[list[Any], DBusSignature("su")]:
+        await self.core.authorize(caller(), names.ACTION_TRIGGER)
         subsystems, action = trigger_options(options)
         uuid, count = await self.core.trigger(subsystems, action)
         return [uuid, count]
+
+    @dbus_method()
+    @named_errors
+    async def Pause(self) -> Nothing:
+        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        self.core.pause()
+
+    @dbus_method()
+    @named_errors
+    async def Resume(self) -> Nothing:
+        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        self.core.resume()
+
+    @dbus_method()
+    @named_errors
+    async def Reload(self) -> Nothing:
+        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        self.core.reload()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Paused(self) -> Annotated[bool, DBusSignature("b")]:
+        return self.core.paused
 
     @dbus_property(access=PropertyAccess.READ)
     def LastSequence(self) -> Annotated[int, DBusSignature("t")]:

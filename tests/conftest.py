@@ -41,5 +41,6 @@ def system_bus(
 def netns() -> Iterator[NetNS]:
     """A fresh network namespace named after this checkout, deleted afterwards."""
     require_binaries(("ip",))
-    with NetNS(tag=REPO_ROOT.name) as ns:
+    tag = "".join(c for c in REPO_ROOT.name if c.isalnum())[:16]
+    with NetNS(tag=tag) as ns:
         yield ns
