@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pnpbroker import __version__, config, install
 from pnpbroker.errors import ConfigError, SourceError
@@ -58,6 +59,37 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         help="print what would run for each event; no journal, no bus",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    _source_arguments(parser)
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
+    from pnpbroker.sources.helper import DEFAULT_PATH
+
+    parser.add_argument(
+        "--source",
+        default="",
+        metavar="netlink|fd:N|stdin|PATH",
+        help="where events come from (default: fd 3 if LISTEN_FDS says so, else netlink)",
+    )
+    parser.add_argument(
+        "--output", metavar="fd:N", help="also write each published event there (NUL-framed)"
+    )
+    parser.add_argument(
+        "--helper-socket",
+        type=Path,
+        nargs="?",
+        const=DEFAULT_PATH,
+        metavar="PATH",
+        help=f"also take events from pnpbroker-helper on PATH (default {DEFAULT_PATH})",
+    )
+
+
+def _trigger_arguments(parser: argparse.ArgumentParser) -> None:
+    from pnpbroker.coldplug import add_trigger_arguments
+    from pnpbroker.settle import add_settle_arguments
+
+    add_trigger_arguments(parser)
+    add_settle_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     inst = commands.add_parser("install", help="put the bus, polkit and systemd files in place")
     install.add_arguments(inst)
     inst.set_defaults(handler=install.run)
+    trigger = commands.add_parser("trigger", help="make the kernel re-send devices' add events")
+    _trigger_arguments(trigger)
     return parser
 
 
@@ -104,7 +138,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     _setup_logging(cfg.log_level)
     try:
-        return asyncio.run(runner.serve(cfg, args.config, overrides, dry_run=args.dry_run))
+        return asyncio.run(_serve(runner, cfg, args, overrides))
+    except ConfigError as exc:  # a --source/--output that is not what it claims to be
+        log.error("bad configuration: %s", exc)
+        return EXIT_CONFIG
     except SourceError as exc:
         log.error("%s", exc)
         return EXIT_SYSTEM
@@ -113,11 +150,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_SYSTEM
 
 
+async def _serve(
+    runner: Any, cfg: config.Config, args: argparse.Namespace, overrides: dict[str, object]
+) -> int:
+    from pnpbroker.output import parse_fd
+    from pnpbroker.sources.choose import SourceOptions
+
+    output = parse_fd(args.output) if args.output else None
+    sources = SourceOptions(args.source, args.helper_socket)
+    return int(await runner.serve(cfg, args.config, overrides, args.dry_run, sources, output))
+
+
+def _cmd_trigger(args: argparse.Namespace) -> int:
+    from pnpbroker import coldplug, settle
+
+    return settle.run_settle(args) if args.settle else coldplug.run_trigger(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "trigger":
+        return _cmd_trigger(args)
     if hasattr(args, "handler"):
         code: int = args.handler(args)
         return code

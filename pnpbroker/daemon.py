@@ -14,7 +14,7 @@ import logging
 import signal
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dbus_fast.errors import DBusError
@@ -27,8 +27,10 @@ from pnpbroker.hotplug import ProgramRunner
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import make_handler
 from pnpbroker.notify import sd_notify
+from pnpbroker.output import Output
 from pnpbroker.polkit import Authority, NotAuthorized
 from pnpbroker.publisher import Publisher
+from pnpbroker.resync import Resync, trigger_in_thread
 from pnpbroker.sequencer import Sequencer
 from pnpbroker.service import BrokerInterface
 from pnpbroker.sources import Overflow, Source, check
@@ -61,6 +63,8 @@ class Broker:
         self.authority: Authority | None = None
         self.exit_code = 0
         self.reload_hook: Callable[[], Config] | None = None
+        self.output: Output | None = None
+        self.resync = Resync()
         self._unrecorded: list[Uevent] = []
         self._stop = asyncio.Event()
         self._progress = asyncio.Event()
@@ -77,6 +81,11 @@ class Broker:
     @property
     def oldest_sequence(self) -> int:
         return self.journal.oldest
+
+    async def trigger(self, subsystems: Sequence[str], action: str) -> tuple[str, int]:
+        """Coldplug (Trigger method): the SYNTH_UUID and how many events the kernel will send."""
+        result = await trigger_in_thread(subsystems, action)
+        return result.uuid, result.written
 
     async def authorize(self, sender: str, action_id: str) -> None:
         """polkit decides (CheckAuthorization on the sender's bus name)."""
@@ -184,15 +193,17 @@ class Broker:
     def _lost(self) -> None:
         self.stats["overflows"] += 1
         after = self.journal.last
+        uuid = self.resync.request()
         log.error(
             "KERNEL DROPPED UEVENTS: receive buffer overflow (ENOBUFS) after sequence %d; "
-            "raise receive_buffer (now %d bytes)",
+            "raise receive_buffer (now %d bytes); devices re-announced with SYNTH_UUID=%s",
             after,
             self.config.receive_buffer,
+            uuid,
         )
         if self.link is not None:
             try:
-                self.link.emit("EventsLost", "ts", [after, ""])
+                self.link.emit("EventsLost", "ts", [after, uuid])
             except Exception as exc:  # a dying link is the bus keeper's business
                 log.warning("could not signal EventsLost: %s", exc)
 
@@ -200,6 +211,8 @@ class Broker:
         self.publisher.notify()
 
     def _published(self, through: int) -> None:
+        if self.output is not None:
+            self.output.catch_up()
         self._progress.set()
 
     async def _finish_stream(self) -> None:

@@ -19,17 +19,18 @@ from pnpbroker.errors import BrokerError, SourceError
 from pnpbroker.hotplug import event_environment
 from pnpbroker.journal import Journal
 from pnpbroker.legacy import planned
+from pnpbroker.output import Output
 from pnpbroker.sources import Overflow, Source, check
-from pnpbroker.sources.netlink import NetlinkSource
+from pnpbroker.sources.choose import SourceOptions, open_sources
 
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.sqlite"
 
 
-def open_source(cfg: Config) -> Source:
-    """The event source: the kernel's netlink multicast."""
-    return NetlinkSource.open(cfg.receive_buffer)
+def open_source(cfg: Config, options: SourceOptions | None = None) -> Source:
+    """The event source: see :mod:`pnpbroker.sources.choose` (default: the kernel's netlink)."""
+    return open_sources(options or SourceOptions(), cfg.receive_buffer)
 
 
 def open_journal(cfg: Config) -> Journal:
@@ -43,12 +44,19 @@ def open_journal(cfg: Config) -> Journal:
 
 
 async def serve(
-    cfg: Config, path: Path | None, overrides: Mapping[str, object], dry_run: bool = False
+    cfg: Config,
+    path: Path | None,
+    overrides: Mapping[str, object],
+    dry_run: bool = False,
+    sources: SourceOptions | None = None,
+    output: int | None = None,
 ) -> int:
-    source = open_source(cfg)
+    source = open_source(cfg, sources)
     if dry_run:
         return await _dry_run(cfg, source)
     broker = Broker(cfg, source, open_journal(cfg))
+    if output is not None:
+        broker.output = Output(output, broker.journal)
     os.chdir("/")  # as daemon(3): keep no directory busy; legacy programs start in "/"
     broker.reload_hook = lambda: configuration.load(path, overrides)
     log.info(
@@ -75,7 +83,8 @@ async def _dry_run(cfg: Config, source: Source) -> int:
             try:
                 event = check(item)
             except BrokerError as exc:
-                print(f"# rejected: {exc}", flush=True)
+                at = f" at {item.where}" if item.where else ""
+                print(f"# rejected{at}: {exc}", flush=True)
                 continue
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in event_environment(event).items())
             for argv in planned(cfg, event) or [["(no program)", event.subsystem]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from dbus_fast import DBusError, Message, MessageType, Variant
@@ -94,6 +94,21 @@ class Core(Protocol):
 
     def statistics(self) -> dict[str, int]: ...
 
+    async def trigger(self, subsystems: Sequence[str], action: str) -> tuple[str, int]: ...
+
+
+def trigger_options(options: Mapping[str, Variant]) -> tuple[list[str], str]:
+    """``subsystems`` (as) and ``action`` (s) from Trigger's options; ValueError otherwise."""
+    unknown = set(options) - {"subsystems", "action"}
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    subsystems, action = options.get("subsystems"), options.get("action")
+    if subsystems is not None and subsystems.signature != "as":
+        raise ValueError(f"subsystems must be as, not {subsystems.signature}")
+    if action is not None and action.signature != "s":
+        raise ValueError(f"action must be s, not {action.signature}")
+    return (list(subsystems.value) if subsystems else []), (action.value if action else "add")
+
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -167,6 +182,16 @@ class BrokerInterface(ServiceInterface):
     ) -> EventRows:
         limit = MAX_PAGE if limit == 0 else min(limit, MAX_PAGE)
         return [tuple(event_body(r)) for r in self.core.events_after(after, limit)]
+
+    @dbus_method()
+    @named_errors
+    async def Trigger(
+        self, options: Annotated[dict[str, Variant], DBusSignature("a{sv}")]
+    ) -> Annotated[list[Any], DBusSignature("su")]:
+        await self.core.authorize(caller(), names.ACTION_TRIGGER)
+        subsystems, action = trigger_options(options)
+        uuid, count = await self.core.trigger(subsystems, action)
+        return [uuid, count]
 
     @dbus_method()
     @named_errors

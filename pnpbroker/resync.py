@@ -1,0 +1,74 @@
+"""Coldplug from inside the broker: the D-Bus Trigger method and recovery after lost events.
+
+When the kernel drops uevents (ENOBUFS), nobody can say which devices changed, so the broker
+asks the kernel to re-announce every device, tagged with a fresh SYNTH_UUID that the EventsLost
+signal names. Resyncs are coalesced: at most one in flight and one queued; an overflow while one
+runs is covered by the queued one (it starts after the current walk, so it also covers devices
+the current walk already passed). The walk and the writes run in a thread; the loop keeps
+reading the kernel meanwhile, which is what keeps the re-sent events from overflowing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid as uuidlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from pnpbroker import coldplug
+
+log = logging.getLogger(__name__)
+
+
+async def trigger_in_thread(
+    subsystems: Sequence[str], action: str, uuid: str | None = None, sysfs: Path = Path("/sys")
+) -> coldplug.TriggerResult:
+    """Walk ``sysfs`` and write ``action uuid`` without blocking the loop; InvalidTrigger first."""
+    uuid = uuid or str(uuidlib.uuid4())
+    coldplug.check(action, uuid)
+    devices = list(subsystems)
+    return await asyncio.to_thread(
+        lambda: coldplug.trigger(coldplug.walk(sysfs, devices), action, uuid)
+    )
+
+
+class Resync:
+    """Re-triggers every device after a loss; see the module docstring for the coalescing."""
+
+    def __init__(self, sysfs: Path = Path("/sys")) -> None:
+        self.sysfs = sysfs
+        self.count = 0
+        self._running: asyncio.Task[None] | None = None
+        self._queued: str | None = None
+
+    def request(self) -> str:
+        """Ask for a resync; returns the SYNTH_UUID that will carry it."""
+        if self._running is None:
+            uuid = str(uuidlib.uuid4())
+            self._start(uuid)
+            return uuid
+        if self._queued is None:
+            self._queued = str(uuidlib.uuid4())
+        return self._queued
+
+    def _start(self, uuid: str) -> None:
+        self.count += 1
+        self._running = asyncio.get_running_loop().create_task(self._run(uuid), name="resync")
+
+    async def _run(self, uuid: str) -> None:
+        try:
+            result = await trigger_in_thread((), "add", uuid, self.sysfs)
+        except Exception:
+            log.exception("resync %s failed", uuid)
+        else:
+            log.warning(
+                "resync %s: asked the kernel to re-send %d devices (%d refused)",
+                uuid,
+                result.written,
+                len(result.failed),
+            )
+        self._running = None
+        if self._queued is not None:
+            uuid, self._queued = self._queued, None
+            self._start(uuid)

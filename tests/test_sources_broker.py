@@ -1,0 +1,341 @@
+"""Every way in, with the real broker: an inherited netlink socket, a recorded stream, the
+kernel-helper bridge, coldplug with --settle, the Trigger method, and resync after an overflow.
+
+The broker is a real subprocess on a private bus; events are real kernel uevents of ifb links
+in the test's own network namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import REPO_ROOT
+from support.broker import BrokerProcess
+from support.bus import SystemBus
+from support.netns import NetNS, netns_uevent_socket
+from support.signals import Signals, net_event
+
+pytestmark = pytest.mark.root
+
+HELPER = str(Path(sys.executable).with_name("pnpbroker-helper"))
+SO_RCVBUFFORCE = 33
+#: Set LISTEN_PID to our own pid, move the socket to fd 3, then exec the broker: what a
+#: service manager does between fork and exec.
+LISTEN_WRAPPER = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n"
+    "    os.dup2(fd, 3)\n"
+    "    os.close(fd)\n"
+    "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class ActivatedBroker(BrokerProcess):
+    """The broker started the socket-activation way, with ``fd`` as its fd 3."""
+
+    def __init__(self, *args: object, fd: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fd = fd
+
+    def argv(self) -> list[str]:
+        prefix = self.netns.exec_prefix() if self.netns is not None else []
+        wrapper = [sys.executable, "-c", LISTEN_WRAPPER, str(self.fd)]
+        rest = super().argv()[len(prefix) :]
+        return [*prefix, *wrapper, *rest]
+
+
+@pytest.fixture
+def signals(system_bus: SystemBus) -> Iterator[Signals]:
+    watcher = Signals(system_bus.address)
+    yield watcher
+    watcher.close()
+
+
+def links(ns: NetNS, count: int) -> set[str]:
+    return set(ns.burst(count, prefix=f"s{secrets.token_hex(2)}"))
+
+
+def test_inherited_socket_via_listen_fds_carries_the_namespace_events(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    """The broker runs in the host namespace: the ifb events can only come through fd 3."""
+    sock = netns_uevent_socket(netns.name)
+    broker = ActivatedBroker(system_bus, tmp_path / "state", fd=sock.fileno())
+    try:
+        _start_activated(broker, sock.fileno())
+        sock.close()  # the broker holds the only copy now
+        names = links(netns, 5)
+        found = signals.wait(net_event("add", names), 5)
+        assert {body[4]["INTERFACE"] for _, body in found} == names
+        assert "using inherited uevent socket on fd 3" in broker.log()
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+
+
+def _start_activated(broker: BrokerProcess, fd: int, **kwargs: object) -> BrokerProcess:
+    return broker.start(pass_fds=(fd,), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_stream_socket_on_fd_3_is_a_configuration_error(
+    system_bus: SystemBus, tmp_path: Path
+) -> None:
+    """Exit 2, like a bad config: the unit (or caller) is wrong and no restart can fix it."""
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    broker = ActivatedBroker(system_bus, tmp_path / "state", fd=left.fileno())
+    try:
+        _start_activated(broker, left.fileno(), wait_ready=False)
+        assert broker.wait(60) == 2, broker.log()
+        assert "fd 3 is a stream socket (AF_UNIX), not a datagram socket" in broker.log()
+    finally:
+        broker.close()
+        left.close()
+        right.close()
+
+
+def test_source_fd_n_names_what_it_got(system_bus: SystemBus, tmp_path: Path) -> None:
+    read, write = os.pipe()
+    args = ["--no-program", "--source", f"fd:{read}"]
+    broker = BrokerProcess(system_bus, tmp_path / "state", args)
+    try:
+        broker.start(wait_ready=False, pass_fds=(read,))
+        assert broker.wait(60) == 2, broker.log()
+        assert f"fd {read} is a pipe, not a socket" in broker.log()
+    finally:
+        broker.close()
+        os.close(read)
+        os.close(write)
+
+
+def _record(system_bus: SystemBus, signals: Signals, netns: NetNS, path: Path) -> set[str]:
+    """Run a broker with --output into ``path`` while 4 ifb links come; the links' names."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    args = ["--no-program", "--output", f"fd:{fd}"]
+    broker = BrokerProcess(system_bus, path.parent / "rec-state", args, netns=netns)
+    try:
+        broker.start(pass_fds=(fd,))
+        names = links(netns, 4)
+        signals.wait(net_event("add", names), 4)
+        assert broker.stop() == 0, broker.log()
+    finally:
+        broker.close()
+        os.close(fd)
+    return names
+
+
+def test_output_then_source_replays_the_run(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    recording = tmp_path / "run.uevents"
+    names = _record(system_bus, signals, netns, recording)
+    recorded = [body for body in signals.events()]
+    signals.seen.clear()
+    args = ["--no-program", "--source", str(recording)]
+    replay = BrokerProcess(system_bus, tmp_path / "replay-state", args)
+    try:
+        replay.start()
+        assert replay.wait(60) == 0, replay.log()
+    finally:
+        replay.close()
+    replayed = signals.events()
+    # Same events (properties) in the same order; sequences are the replay journal's own.
+    assert [b[4] for b in replayed] == [b[4] for b in recorded]
+    assert [b[0] for b in replayed] == list(range(1, len(recorded) + 1))
+    assert names <= {b[4].get("INTERFACE") for b in replayed}
+
+
+def _kernel_record(seqnum: int, name: str) -> bytes:
+    devpath = f"/devices/virtual/net/{name}"
+    fields = [f"add@{devpath}", "ACTION=add", f"DEVPATH={devpath}", "SUBSYSTEM=net"]
+    fields += [f"INTERFACE={name}", f"SEQNUM={seqnum}"]
+    return "\0".join(fields).encode() + b"\0\0"
+
+
+def test_stdin_stream_skips_malformed_records_with_their_offsets(
+    system_bus: SystemBus, signals: Signals, tmp_path: Path
+) -> None:
+    good1, good2 = _kernel_record(1, "rec0"), _kernel_record(2, "rec1")
+    bad1 = b"no header here\0\0"
+    bad2 = b"add@/devices/x\0ACTION=add\0DEVPATH=/devices/x\0SUBSYSTEM=net\0\0"  # no SEQNUM
+    stream = good1 + bad1 + bad2 + good2
+    path = tmp_path / "in.uevents"
+    path.write_bytes(stream)
+    args = ["--no-program", "--source", "stdin"]
+    broker = BrokerProcess(system_bus, tmp_path / "state", args)
+    try:
+        with path.open("rb") as stdin:
+            broker.start(stdin=stdin)
+        assert broker.wait(60) == 0, broker.log()
+    finally:
+        broker.close()
+    assert [b[4]["INTERFACE"] for b in signals.events()] == ["rec0", "rec1"]
+    log = broker.log()
+    assert f"at stdin byte {len(good1)} " in log
+    assert f"at stdin byte {len(good1) + len(bad1)} " in log
+    assert "missing SEQNUM" in log
+
+
+def _helper(env: dict[str, str], socket_path: Path, subsystem: str, user: str = "") -> int:
+    """Run pnpbroker-helper exactly as the kernel does: argv[1] and the event's environment."""
+    kernel_env = {**env, "HOME": "/", "PATH": "/sbin:/bin:/usr/sbin:/usr/bin"}
+    kernel_env["PNPBROKER_HELPER_SOCKET"] = str(socket_path)
+    drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if user else []
+    argv = [*drop, HELPER, subsystem]
+    return subprocess.run(argv, env=kernel_env, timeout=60, check=False).returncode
+
+
+def _fake_event(name: str) -> dict[str, str]:
+    """An event for a device that does not exist, with a SEQNUM no kernel reaches here."""
+    seqnum = str(10**15 + secrets.randbelow(10**9))
+    devpath = f"/devices/virtual/pnpt/{name}"
+    return {"ACTION": "add", "DEVPATH": devpath, "SUBSYSTEM": "pnpt", "SEQNUM": seqnum}
+
+
+def test_helper_as_root_is_published_and_as_nobody_refused(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    public = Path(tempfile.mkdtemp(prefix="pnpt-helper-"))  # pytest's tmp is root-only
+    public.chmod(0o755)
+    sock_path = public / "run" / "helper.sock"
+    args = ["--no-program", "--helper-socket", str(sock_path)]
+    broker = BrokerProcess(system_bus, tmp_path / "state", args, netns=netns)
+    try:
+        broker.start()
+        assert (sock_path.stat().st_mode & 0o777) == 0o600
+        refused = _fake_event("nobody1")
+        assert _helper(refused, sock_path, "pnpt", user="nobody") == 111  # cannot even connect
+        sock_path.chmod(0o666)  # let nobody reach it: now only the credential check stands
+        sneaked = _fake_event("nobody2")
+        assert _helper(sneaked, sock_path, "pnpt", user="nobody") == 0
+        accepted = _fake_event("root")
+        assert _helper(accepted, sock_path, "pnpt") == 0
+        [(_, body)] = signals.wait(lambda s: s[0] == "Event" and s[1][2] == "pnpt", 1)
+        assert body[4] == accepted  # exactly the event's keys: HOME, PATH, the socket dropped
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+        shutil.rmtree(public)
+    assert [b[3] for b in signals.events() if b[2] == "pnpt"] == [accepted["DEVPATH"]]
+    assert "rejected forged datagram at helper socket" in broker.log()
+    assert "sender uid 65534 is not root" in broker.log()
+
+
+def test_same_seqnum_from_netlink_and_helper_is_handled_once(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    sock_path = tmp_path / "helper.sock"
+    args = ["--no-program", "--helper-socket", str(sock_path)]
+    broker = BrokerProcess(system_bus, tmp_path / "state", args, netns=netns)
+    watch = netns_uevent_socket(netns.name)
+    try:
+        broker.start()
+        [first] = links(netns, 1)
+        [(_, body)] = signals.wait(net_event("add", {first}), 1)
+        # The kernel's helper would have been called with these same keys.
+        assert _helper(dict(body[4]), sock_path, "net") == 0
+        [second] = links(netns, 1)  # a later event: once it is out, the copy was read too
+        signals.wait(net_event("add", {second}), 1)
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+        watch.close()
+    assert len([s for s in signals.seen if net_event("add", {first})(s)]) == 1
+
+
+def test_trigger_settle_publishes_exactly_the_namespace_net_devices(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    broker = BrokerProcess(system_bus, tmp_path / "state", netns=netns)
+    try:
+        broker.start()
+        names = links(netns, 6)
+        signals.wait(net_event("add", names), 6)
+        uuid = str(uuidlib.uuid4())
+        argv = [*netns.exec_prefix(), sys.executable, "-m", "pnpbroker", "trigger"]
+        argv += ["--subsystem", "net", "--settle", "--timeout", "60", "--uuid", uuid]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert (done.returncode, done.stderr) == (0, "")
+        tagged = signals.wait(lambda s: s[0] == "Event" and s[1][4].get("SYNTH_UUID") == uuid, 7)
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+    assert sorted(b[4]["INTERFACE"] for _, b in tagged) == sorted([*names, "lo"])
+    assert {b[1] for _, b in tagged} == {"add"}
+    assert len([b for b in signals.events() if b[4].get("SYNTH_UUID") == uuid]) == 7
+
+
+def test_trigger_settle_times_out_with_a_clear_message(system_bus: SystemBus, netns: NetNS) -> None:
+    """No broker on the bus: nothing is ever published, so settling must give up, exit 1."""
+    argv = [*netns.exec_prefix(), sys.executable, "-m", "pnpbroker", "trigger"]
+    argv += ["--subsystem", "net", "--settle", "--timeout", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert "timed out after 1 s: the broker published 0 of 1 events" in done.stderr
+
+
+def test_trigger_method_returns_uuid_and_count(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    broker = BrokerProcess(system_bus, tmp_path / "state", netns=netns)
+    try:
+        broker.start()
+        names = links(netns, 3)
+        call = ["busctl", f"--address={system_bus.address}", "--json=short", "call"]
+        call += ["org.pnp.Broker", "/org/pnp/Broker", "org.pnp.Broker1", "Trigger"]
+        call += ["a{sv}", "2", "subsystems", "as", "1", "net", "action", "s", "add"]
+        out = subprocess.run(call, capture_output=True, text=True, timeout=60, check=True)
+        uuid, count = json.loads(out.stdout)["data"]
+        assert count == 4
+        signals.wait(net_event("add", {*names, "lo"}, uuid), 4)
+        bad = subprocess.run([*call[:-3], "action", "s", "explode"], capture_output=True,
+                             text=True, timeout=60, check=False)  # fmt: skip
+        assert "unknown action 'explode'" in bad.stderr  # busctl shows the message, not the name
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+
+
+def test_overflow_resyncs_every_device_under_the_lost_signal_uuid(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    """A stopped broker on the smallest receive buffer overflows for sure; the buffer is made
+    big again before it resumes, so the resync itself cannot overflow."""
+    sock = netns_uevent_socket(netns.name, rcvbuf=1)  # the kernel rounds up to its minimum
+    broker = ActivatedBroker(system_bus, tmp_path / "state", fd=sock.fileno(), netns=netns)
+    try:
+        _start_activated(broker, sock.fileno())
+        broker.send_signal(signal.SIGSTOP)
+        names = links(netns, 40)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+        broker.send_signal(signal.SIGCONT)
+        [(_, lost)] = signals.wait(lambda s: s[0] == "EventsLost", 1)
+        uuid = lost[1]
+        assert str(uuidlib.UUID(uuid)) == uuid
+        found = signals.wait(net_event("add", names, uuid), len(names))
+        assert {b[4]["INTERFACE"] for _, b in found} == names
+        assert "KERNEL DROPPED UEVENTS" in broker.log()
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+        sock.close()
+
+
+def test_socket_unit_is_shipped() -> None:
+    """systemd-analyze verify runs on every installed unit in test_install; make sure ours is."""
+    text = (REPO_ROOT / "systemd" / "pnpbroker.socket").read_text()
+    for line in ("ListenNetlink=kobject-uevent 1", "ReceiveBuffer=128M", "PassCredentials=yes"):
+        assert line in text.splitlines()
