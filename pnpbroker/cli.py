@@ -1,6 +1,6 @@
 """Command line: argument parsing, exit codes and wiring. No logic of its own.
 
-Exit codes (as mdevd): 0 clean stop, 1 bad input on a stream, 2 bad configuration,
+Exit codes (as mdevd): 0 clean stop, 1 ``trigger --settle`` timed out, 2 bad configuration,
 100 usage error, 111 a system call failed.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from pnpbroker import __version__, config, install
 from pnpbroker.errors import ConfigError, SourceError
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_CONFIG, EXIT_USAGE, EXIT_SYSTEM = 0, 1, 2, 100, 111
+EXIT_OK, EXIT_TIMEOUT, EXIT_CONFIG, EXIT_USAGE, EXIT_SYSTEM = 0, 1, 2, 100, 111
 
 log = logging.getLogger("pnpbroker")
 
