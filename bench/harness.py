@@ -90,14 +90,10 @@ class Reader:
         return Result(records, bool(data["complete"]))
 
     def pause(self) -> None:
-        """SIGSTOP the reader's process group: events queue up in its socket meanwhile."""
-        os.killpg(self.proc.pid, signal.SIGSTOP)
+        pause_group(self.proc.pid)
 
     def resume(self) -> float:
-        """SIGCONT the reader's process group; return when (CLOCK_MONOTONIC)."""
-        now = time.monotonic()
-        os.killpg(self.proc.pid, signal.SIGCONT)
-        return now
+        return resume_group(self.proc.pid)
 
     def stop(self) -> None:
         """End the reader and anything it started (its whole process group), even if paused."""
@@ -105,6 +101,18 @@ class Reader:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
         self.proc.wait(timeout=10)
+
+
+def pause_group(pid: int) -> None:
+    """SIGSTOP a process group (a reader, the broker): events queue in its socket meanwhile."""
+    os.killpg(pid, signal.SIGSTOP)
+
+
+def resume_group(pid: int) -> float:
+    """SIGCONT a process group; return when, on CLOCK_MONOTONIC."""
+    now = time.monotonic()
+    os.killpg(pid, signal.SIGCONT)
+    return now
 
 
 def peer_argv(ns: Netns, kind: str, links: int, timeout: float) -> list[str]:

@@ -57,7 +57,7 @@ def reader_throughput(cfg: Config, kind: str) -> Values:
         sent = events.burst(ns, links)
         [result] = harness.collect([reader], 180)
         out[f"{kind}.live"] = harness.rate(harness.checked(result, links), sent)
-        out["kernel.rate"] = links * EVENTS_PER_LINK / (sent.end - sent.start)
+        out[f"{kind}.kernel"] = links * EVENTS_PER_LINK / (sent.end - sent.start)
     with events.netns() as ns:
         reader = harness.Reader(harness.peer_argv(ns, kind, links, 120), cfg.peer_env())
         harness.wait_ready(ns, [reader])
