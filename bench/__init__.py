@@ -1,0 +1,1 @@
+"""Benchmarks that put pnpbroker beside its peers and its limits (see bench/README.md)."""

@@ -1,0 +1,177 @@
+"""The broker's half of each comparison: the slots the table leaves open until they can be measured.
+
+Each ``broker_*`` function runs one repetition and returns named values (keys as in
+``bench.run.FIGURES``), or raises ``BrokerPending`` when the broker cannot be measured yet; the
+table then says "not measured (broker side pending)". ``running_broker`` starts the broker the
+way the tests do: ``python -m pnpbroker run --state-dir DIR --no-program`` inside the namespace,
+on a private bus given by DBUS_SYSTEM_BUS_ADDRESS, ready when it sends READY=1 on NOTIFY_SOCKET.
+Its Event signals are counted by ``bench.ceiling subscribe``, the same reader as for the ceiling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench import events, harness
+from bench.dbusbus import private_bus
+from bench.measures import Config, Values, idle_usage, ms, subscriber_argv
+
+BROKER_ARGV = [sys.executable, "-m", "pnpbroker", "run"]
+
+
+class BrokerPending(Exception):
+    """The broker side of this figure cannot be measured (yet); the reason says why."""
+
+
+def broker_available() -> bool:
+    """True once ``python -m pnpbroker run --help`` works, i.e. the broker has a run command."""
+    probe = [*BROKER_ARGV, "--help"]
+    done = subprocess.run(probe, capture_output=True, cwd=harness.REPO, env=harness.python_env())
+    return done.returncode == 0
+
+
+def _require_broker() -> None:
+    if not broker_available():
+        raise BrokerPending("broker side pending")
+
+
+def _wait_notify(sock: socket.socket, proc: subprocess.Popen[bytes], limit: float) -> None:
+    sock.settimeout(limit)
+    while True:
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            raise TimeoutError(f"broker sent no READY=1 within {limit} s") from None
+        if b"READY=1" in data.split(b"\n"):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"broker exited with {proc.returncode} before READY=1")
+
+
+@contextlib.contextmanager
+def running_broker(
+    ns: events.Netns, address: str, extra: list[str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The broker inside ``ns`` on the bus at ``address``, after READY=1; stopped on the way out."""
+    with tempfile.TemporaryDirectory(prefix="pnp-bench-broker-") as tmp:
+        notify = Path(tmp) / "notify"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(notify))
+        env = harness.python_env({"DBUS_SYSTEM_BUS_ADDRESS": address, "NOTIFY_SOCKET": str(notify)})
+        argv = [*BROKER_ARGV, "--state-dir", str(Path(tmp) / "state"), *(extra or [])]
+        proc = subprocess.Popen(
+            ns.exec_argv(argv), cwd=harness.REPO, env=env, start_new_session=True
+        )
+        try:
+            _wait_notify(sock, proc, 60.0)
+            yield proc
+        finally:
+            sock.close()
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGCONT)  # in case it was paused
+                proc.terminate()
+                proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def broker_setup() -> Iterator[tuple[events.Netns, str, subprocess.Popen[bytes]]]:
+    """A fresh namespace, a private bus and a ready broker (no legacy program) in them."""
+    with (
+        events.netns() as ns,
+        private_bus() as address,
+        running_broker(ns, address, ["--no-program"]) as proc,
+    ):
+        yield ns, address, proc
+
+
+def broker_throughput(cfg: Config) -> Values:
+    """Events/s kernel -> broker -> D-Bus client: live in a burst, and draining a queued burst.
+
+    Drain: the broker is SIGSTOPped while the burst queues in its netlink socket, then resumed;
+    the rate is counted at the subscriber. Compared with the D-Bus ceiling and the netlink peer.
+    """
+    _require_broker()
+    live, kernel = _broker_burst(cfg, False)
+    drain, _ = _broker_burst(cfg, True)
+    return {"broker.live": live, "broker.kernel": kernel, "broker.drain": drain}
+
+
+def _broker_burst(cfg: Config, paused: bool) -> tuple[float, float]:
+    """(events/s at the subscriber, events/s the kernel made) for one burst."""
+    links = cfg.burst_links
+    with broker_setup() as (ns, address, proc):
+        reader = harness.Reader(subscriber_argv(address, links, ready_on_match=False))
+        harness.wait_ready(ns, [reader])
+        if paused:
+            harness.pause_group(proc.pid)
+        sent = events.burst(ns, links)
+        resumed = harness.resume_group(proc.pid) if paused else sent.start
+        [result] = harness.collect([reader], 300)
+    result = harness.checked(result, links)
+    kernel = links * events.EVENTS_PER_LINK / (sent.end - sent.start)
+    got = harness.drain_rate(result, resumed) if paused else harness.rate(result, sent)
+    return got, kernel
+
+
+def broker_latency(cfg: Config) -> Values:
+    """p50/p99 kernel -> D-Bus client at the steady rate (vs line send time) and in a burst
+    (vs a minimal netlink reader in the namespace, per SEQNUM)."""
+    _require_broker()
+    out: Values = {}
+    with broker_setup() as (ns, address, _proc):
+        links = cfg.steady_links
+        reader = harness.Reader(subscriber_argv(address, links, ready_on_match=False))
+        harness.wait_ready(ns, [reader])
+        sent = events.steady(ns, links, cfg.steady_rate)
+        [result] = harness.collect([reader], 300)
+    lat = harness.latencies_vs_sent(harness.checked(result, links), sent)
+    out["broker.steady.p50"], out["broker.steady.p99"] = ms(lat, 50), ms(lat, 99)
+    with broker_setup() as (ns, address, _proc):
+        links = cfg.burst_links
+        ref = harness.Reader(harness.peer_argv(ns, "netlink", links, 300))
+        reader = harness.Reader(subscriber_argv(address, links, ready_on_match=False))
+        harness.wait_ready(ns, [ref, reader])
+        events.burst(ns, links)
+        ref_result, result = harness.collect([ref, reader], 300)
+    lat = harness.latencies_vs_reference(
+        harness.checked(result, links), harness.checked(ref_result, links)
+    )
+    out["broker.burst.p50"], out["broker.burst.p99"] = ms(lat, 50), ms(lat, 99)
+    return out
+
+
+def broker_idle(cfg: Config) -> Values:
+    """RSS (MB) and CPU (% of a core) of a ready broker with nothing to do, over idle_seconds."""
+    _require_broker()
+    with broker_setup() as (_ns, _address, proc):
+        usage = idle_usage(proc.pid, cfg.idle_seconds)
+    return {"broker.idle.rss": usage["rss"], "broker.idle.cpu": usage["cpu"]}
+
+
+def broker_legacy(cfg: Config) -> Values:
+    """Events/s with /bin/true as the legacy program (beside the spawn loop, ``spawn.python``).
+
+    Needs the broker's flag for the program (and one spawn per event, serially): pending.
+    """
+    raise BrokerPending("broker side pending")
+
+
+def broker_storm(cfg: Config) -> Values:
+    """``storm_events`` events with a 5 ms program: kernel overflows, events lost, peak RSS,
+    time to drain (beside ``storm.floor``). Needs the program flag and the Statistics property."""
+    raise BrokerPending("broker side pending")
+
+
+def coldplug(cfg: Config) -> Values:
+    """Devices/s of ``pnpbroker trigger --settle`` over the whole /sys (beside udevadm's
+    enumeration of the same devices). Needs the trigger command: pending."""
+    raise BrokerPending("broker side pending")

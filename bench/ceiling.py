@@ -1,0 +1,164 @@
+"""The D-Bus side: a subscriber that counts ``Event`` signals, and the bare emitter (the ceiling).
+
+``python -m bench.ceiling subscribe`` reads ``org.pnp.Broker1.Event`` signals from any sender and
+speaks the ``bench.peers`` protocol, so it counts the broker's signals and the emitter's alike
+(the SEQNUM, ACTION and DEVPATH come from the signal's properties).
+
+``python -m bench.ceiling emit`` is the ceiling: dbus-fast sending the same signal shape
+(``tsssa{ss}a{sv}`` on /org/pnp/Broker) as fast as it can. dbus-fast treats EAGAIN on a send as
+fatal (python-dbus-next issue 153), so it is flow-controlled like the broker must be: after every
+128 signals it sends an ``org.freedesktop.DBus.Peer.Ping`` to the bus daemon and keeps at most
+2 such windows in flight; a Ping's reply means every signal before it reached the daemon. That
+alone is not enough: see ``emit`` on the socket's send buffer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from bench.events import NET_DIR, PREFIX
+from bench.peers import Collector
+from pnpbroker.names import EVENT_SIGNATURE, INTERFACE, OBJECT_PATH
+
+WINDOW = 128
+WINDOWS_IN_FLIGHT = 2
+SNDBUF = 4 * 1024 * 1024
+# Padding that makes an event look like a USB device's (10 keys in all), for the --keys 10 variant.
+_USB_LIKE = {
+    "MAJOR": "189",
+    "MINOR": "3",
+    "DEVNAME": "bus/usb/001/004",
+    "DEVTYPE": "usb_device",
+    "PRODUCT": "1d6b/2/606",
+    "TYPE": "9/0/3",
+    "BUSNUM": "001",
+    "DEVNUM": "004",
+}
+
+
+def bodies(links: int, ten_keys: bool) -> list[list[Any]]:
+    """The signal bodies the broker would send for ``links`` ifb link adds, in kernel order.
+
+    Properties are exactly an ifb add's keys (net: 6 keys, queues: 4) or, with ``ten_keys``,
+    padded to 10 keys each.
+    """
+    out: list[list[Any]] = []
+    seq = 0
+    for i in range(links):
+        base = f"{NET_DIR}{PREFIX}{i}"
+        net = {"SUBSYSTEM": "net", "INTERFACE": f"{PREFIX}{i}", "IFINDEX": str(i + 2)}
+        for devpath, extra in ((base, net), (base + "/queues/rx-0", {"SUBSYSTEM": "queues"}),
+                               (base + "/queues/tx-0", {"SUBSYSTEM": "queues"})):  # fmt: skip
+            seq += 1
+            props = {"ACTION": "add", "DEVPATH": devpath, **extra, "SEQNUM": str(seq)}
+            if ten_keys:
+                props.update(list(_USB_LIKE.items())[: 10 - len(props)])
+            out.append([seq, "add", extra["SUBSYSTEM"], devpath, props, {}])
+    return out
+
+
+def _ping() -> Message:
+    return Message(
+        destination="org.freedesktop.DBus",
+        path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus.Peer",
+        member="Ping",
+    )
+
+
+async def emit(
+    address: str, links: int, ten_keys: bool, window: int, in_flight: int, sndbuf: int
+) -> dict[str, float]:
+    """Send every body as an Event signal, flow-controlled; return start and end times.
+
+    At most ``in_flight`` windows of ``window`` signals are unacknowledged at any time. Each
+    signal is one send() and so one skb on the unix socket: a default send buffer (212992 bytes)
+    holds only ~167 of them whatever their size, so 2 x 128 needs ``sndbuf`` raised.
+    """
+    bus = await MessageBus(bus_address=address).connect()
+    if sndbuf and bus._sock is not None:
+        bus._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    pending: deque[asyncio.Future[Message]] = deque()
+    start = time.monotonic()
+    for n, body in enumerate(bodies(links, ten_keys)):
+        if n % window == 0 and len(pending) >= in_flight:
+            await pending.popleft()
+        bus.send(Message.new_signal(OBJECT_PATH, INTERFACE, "Event", EVENT_SIGNATURE, body))
+        if n % window == window - 1:
+            pending.append(asyncio.ensure_future(bus.call(_ping())))
+    pending.append(asyncio.ensure_future(bus.call(_ping())))
+    for future in pending:
+        await future
+    end = time.monotonic()
+    bus.disconnect()
+    return {"start": start, "end": end}
+
+
+async def subscribe(address: str, links: int, limit: float, ready_on_match: bool) -> None:
+    """Count Event signals into a Collector until it is complete or ``limit`` s pass."""
+    bus = await MessageBus(bus_address=address).connect()
+    collector = Collector(links)
+    done = asyncio.get_running_loop().create_future()
+
+    def on_message(msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL or msg.member != "Event":
+            return
+        props = msg.body[4]
+        complete = collector.take(int(props["SEQNUM"]), props["ACTION"], props["DEVPATH"])
+        if complete and not done.done():
+            done.set_result(None)
+
+    bus.add_message_handler(on_message)
+    rule = f"type='signal',interface='{INTERFACE}',member='Event'"
+    await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[rule],
+        )
+    )
+    if ready_on_match:
+        collector.ready = True
+        print("READY", flush=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done, limit)
+    collector.report()
+    bus.disconnect()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["emit", "subscribe"])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--links", type=int, required=True)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--ten-keys", action="store_true", help="pad properties to 10 keys")
+    parser.add_argument("--window", type=int, default=WINDOW, help="signals per Ping")
+    parser.add_argument("--in-flight", type=int, default=WINDOWS_IN_FLIGHT, help="windows")
+    parser.add_argument("--sndbuf", type=int, default=SNDBUF, help="SO_SNDBUF, 0 = default")
+    parser.add_argument("--ready-on-match", action="store_true", help="READY without a probe")
+    args = parser.parse_args()
+    if args.mode == "emit":
+        flow = (args.window, args.in_flight, args.sndbuf)
+        times = asyncio.run(emit(args.address, args.links, args.ten_keys, *flow))
+        sys.stdout.write(json.dumps(times) + "\n")
+    else:
+        asyncio.run(subscribe(args.address, args.links, args.timeout, args.ready_on_match))
+
+
+if __name__ == "__main__":
+    main()

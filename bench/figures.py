@@ -1,0 +1,158 @@
+"""Every figure the table shows, grouped by the measurement that yields it.
+
+A ``Measurement`` runs once per repetition and returns values by key; each ``Figure`` names one
+key and, in ``versus``, the peer or limit it is set against. The broker's measurements live in
+``bench.broker`` and raise ``BrokerPending`` until they can run: their rows then say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench import broker, measures
+from bench.measures import Config, Values
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row: a value named ``key``, set against the figure ``versus`` (a peer or a limit)."""
+
+    key: str
+    label: str
+    unit: str
+    versus: str | None = None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One thing to run per repetition, and the figures it yields."""
+
+    name: str
+    run: Callable[[Config], Values]
+    figures: tuple[Figure, ...]
+
+
+def _reader(kind: str, label: str) -> Measurement:
+    """A peer reader's figures: throughput live and queued, latency steady and in a burst."""
+
+    def run(cfg: Config) -> Values:
+        return measures.reader_throughput(cfg, kind) | measures.reader_latency(cfg, kind)
+
+    ref = kind != "netlink"  # the netlink listener is the others' reference
+    figures = [
+        Figure(f"{kind}.live", f"{label}: events/s, live burst", "ev/s", f"{kind}.kernel"),
+        Figure(
+            f"{kind}.drain", f"{label}: events/s, queued burst", "ev/s", _if(ref, "netlink.drain")
+        ),
+    ]
+    for q in (50, 99):
+        versus = _if(ref, f"netlink.steady.p{q}")
+        figures.append(
+            Figure(f"{kind}.steady.p{q}", f"{label}: latency p{q}, steady", "ms", versus)
+        )
+    if ref:
+        figures += [
+            Figure(f"{kind}.burst.p{q}", f"{label}: latency p{q}, burst", "ms") for q in (50, 99)
+        ]
+    else:
+        figures.insert(0, Figure("netlink.kernel", "kernel: ifb uevents made/s in a burst", "ev/s"))
+    return Measurement(kind, run, tuple(figures))
+
+
+def _if(condition: bool, key: str) -> str | None:
+    return key if condition else None
+
+
+BROKER_THROUGHPUT = (
+    Figure("broker.live", "broker -> D-Bus client: events/s, live burst", "ev/s", "broker.kernel"),
+    Figure(
+        "broker.drain", "broker -> D-Bus client: events/s, queued burst", "ev/s", "ceiling.rate"
+    ),
+    Figure(
+        "broker.drain", "broker -> D-Bus client: events/s, queued burst", "ev/s", "netlink.drain"
+    ),
+)
+BROKER_LATENCY = tuple(
+    Figure(f"broker.{mode}.p{q}", f"broker: latency p{q}, {mode}{extra}", "ms", versus)
+    for mode, extra in (("steady", ""), ("burst", " (after netlink)"))
+    for q in (50, 99)
+    for versus in ([f"netlink.steady.p{q}"] if mode == "steady" else [None])
+)
+
+MEASUREMENTS: tuple[Measurement, ...] = (
+    _reader("netlink", "netlink listener (Python)"),
+    _reader("udevadm", "udevadm monitor --kernel"),
+    _reader("pyudev", "pyudev kernel monitor"),
+    Measurement(
+        "ceiling",
+        measures.dbus_ceiling,
+        (Figure("ceiling.rate", "D-Bus ceiling: bare dbus-fast emitter -> client", "ev/s"),),
+    ),
+    Measurement(
+        "ceiling10",
+        measures.dbus_ceiling_ten,
+        (Figure("ceiling10.rate", "D-Bus ceiling, 10-key properties", "ev/s", "ceiling.rate"),),
+    ),
+    Measurement("broker throughput", broker.broker_throughput, BROKER_THROUGHPUT),
+    Measurement("broker latency", broker.broker_latency, BROKER_LATENCY),
+    Measurement(
+        "spawn",
+        measures.spawn_limit,
+        (
+            Figure("spawn.python", "spawn limit: Python posix_spawn+waitpid /bin/true", "/s"),
+            Figure("spawn.c", "spawn loop in C (context)", "/s", "spawn.python"),
+            Figure("storm.floor", "storm floor: N x (5 ms + spawn cost), computed", "s"),
+        ),
+    ),
+    Measurement(
+        "broker legacy",
+        broker.broker_legacy,
+        (Figure("broker.legacy", "broker with /bin/true: events/s", "ev/s", "spawn.python"),),
+    ),
+    Measurement(
+        "broker storm",
+        broker.broker_storm,
+        (
+            Figure("broker.storm.drain", "storm: time to drain", "s", "storm.floor"),
+            Figure("broker.storm.lost", "storm: events lost (kernel overflow + gaps)", "n"),
+            Figure("broker.storm.rss", "storm: broker peak RSS", "MB"),
+        ),
+    ),
+    Measurement(
+        "idle client",
+        measures.idle_subscriber,
+        (
+            Figure("idle.client.rss", "idle dbus-fast client with a match: RSS", "MB"),
+            Figure("idle.client.cpu", "idle dbus-fast client: CPU", "%"),
+        ),
+    ),
+    Measurement(
+        "broker idle",
+        broker.broker_idle,
+        (
+            Figure("broker.idle.rss", "idle broker: RSS", "MB", "idle.client.rss"),
+            Figure("broker.idle.cpu", "idle broker: CPU", "%"),
+        ),
+    ),
+    Measurement(
+        "coldplug",
+        measures.coldplug_enumeration,
+        (
+            Figure("coldplug.devices", "devices in /sys (uevent files udevadm finds)", "n"),
+            Figure("coldplug.udevadm", "udevadm trigger --dry-run: devices/s", "dev/s"),
+        ),
+    ),
+    Measurement(
+        "broker coldplug",
+        broker.coldplug,
+        (
+            Figure(
+                "broker.coldplug",
+                "pnpbroker trigger --settle: devices/s",
+                "dev/s",
+                "coldplug.udevadm",
+            ),
+        ),
+    ),
+)

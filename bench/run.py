@@ -1,0 +1,117 @@
+"""Run every benchmark and print one table: ``python bench/run.py [--quick] [--repeat N]`` (root).
+
+Each measurement runs N times (default 3); each figure is reported as its median and its spread
+(min-max), beside the peer or limit measured in the same run, with the ratio of the two medians.
+A figure whose broker side cannot be measured yet says so instead of a value. The table also goes
+to bench/RESULTS.md, with the machine, the versions and the method.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import statistics
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from bench import broker, report, tools
+from bench.figures import MEASUREMENTS
+from bench.measures import Config
+
+
+@dataclass
+class Outcome:
+    """Values per figure key over the repetitions, or why a measurement gave none."""
+
+    values: dict[str, list[float]] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def run_all(cfg: Config, repeat: int, only: set[str] | None) -> Outcome:
+    """Every measurement ``repeat`` times, interleaved (round by round) so drift spreads evenly."""
+    outcome = Outcome()
+    for rnd in range(1, repeat + 1):
+        for m in MEASUREMENTS:
+            if (only and m.name not in only) or m.name in outcome.missing:
+                continue
+            if m.name in tools.MISSING:
+                outcome.missing[m.name] = f"not measured ({tools.MISSING[m.name]})"
+                continue
+            print(f"[{rnd}/{repeat}] {m.name} ...", file=sys.stderr, flush=True)
+            try:
+                values = m.run(cfg)
+            except broker.BrokerPending as exc:
+                outcome.missing[m.name] = f"not measured ({exc})"
+                continue
+            except Exception as exc:
+                traceback.print_exc()
+                outcome.missing[m.name] = f"not measured ({type(exc).__name__}: {exc})"
+                continue
+            for key, value in values.items():
+                outcome.values.setdefault(key, []).append(value)
+    return outcome
+
+
+def rows(outcome: Outcome) -> list[list[str]]:
+    """Table rows: figure, median, spread, peer/limit (with its median), ratio."""
+    out = []
+    for m in MEASUREMENTS:
+        for fig in m.figures:
+            vals = outcome.values.get(fig.key)
+            versus = outcome.values.get(fig.versus or "")
+            if not vals:
+                why = outcome.missing.get(m.name, "not measured")
+                out.append([fig.label, why, "", fig.versus or "", ""])
+                continue
+            med = statistics.median(vals)
+            spread = f"{report.num(min(vals))}-{report.num(max(vals))}"
+            peer = ratio = ""
+            if fig.versus:
+                peer = fig.versus
+                if versus:
+                    peer += f" = {report.num(statistics.median(versus))}"
+                    ratio = f"{med / statistics.median(versus):.2f}"
+            out.append([fig.label, f"{report.num(med)} {fig.unit}", spread, peer, ratio])
+    return out
+
+
+def config(quick: bool) -> Config:
+    udevadm = tools.udevadm()
+    if quick:
+        return Config(
+            burst_links=1000,
+            steady_links=500,
+            ceiling_links=2000,
+            spawn_count=500,
+            idle_seconds=5.0,
+            storm_events=10_000,
+            udevadm=udevadm,
+        )
+    return Config(udevadm=udevadm)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument("--only", action="append", help="run only this measurement (repeatable)")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    args = parser.parse_args()
+    cfg = config(args.quick)
+    tools.pyudev_ready()  # records why in tools.MISSING if it cannot be had
+    started = time.monotonic()
+    outcome = run_all(cfg, args.repeat, set(args.only) if args.only else None)
+    text = report.render(rows(outcome), cfg, args, time.monotonic() - started)
+    print(text)
+    if not args.no_write:
+        (Path(__file__).resolve().parent / "RESULTS.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
