@@ -65,7 +65,7 @@ class Broker:
         self.reload_hook: Callable[[], Config] | None = None
         self.output: Output | None = None
         self.resync = Resync()
-        self._unrecorded: list[Uevent] = []
+        self._unrecorded: list[tuple[Uevent, bytes]] = []
         self._stop = asyncio.Event()
         self._progress = asyncio.Event()
         self._ready = False
@@ -123,29 +123,30 @@ class Broker:
             log.error("cannot read the event source: %s; stopping", exc)
             self._fail()
             return
-        events: list[Uevent] = []
+        accepted: list[tuple[Uevent, bytes]] = []
         for item in items:
             if isinstance(item, Overflow):
                 self._lost()
                 continue
             try:
-                events.append(check(item))
+                accepted.append((check(item), item.data))
             except ForgedSender as exc:
                 self._reject("forged", exc, item.where)
             except MalformedUevent as exc:
                 self._reject("malformed", exc, item.where)
-        if events:
-            self.stats["received"] += len(events)
-            self._record(events)
+        if accepted:
+            self.stats["received"] += len(accepted)
+            self._record(accepted)
         if self.source.eof:
             asyncio.get_running_loop().remove_reader(self.source.fileno())
             asyncio.get_running_loop().create_task(self._finish_stream())
 
-    def _record(self, events: list[Uevent]) -> None:
+    def _record(self, accepted: list[tuple[Uevent, bytes]]) -> None:
         """Journal a batch; if the journal cannot take it, stop reading until it can."""
-        self._unrecorded.extend(events)
+        pending = self._unrecorded
+        pending.extend(accepted)
         try:
-            self.journal.append(self._unrecorded)
+            self.journal.append([event for event, _ in pending], [raw for _, raw in pending])
         except sqlite3.Error as exc:
             log.error(
                 "cannot journal %d events (%s); pausing reading, the kernel queues meanwhile",

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,9 @@ INSERT OR IGNORE INTO cursors VALUES ('handled', 0), ('published', 0);
 
 Handler = Mapping[str, Any]
 
-#: Recent records kept in memory so the stages do not read back what was just written.
-TAIL_SIZE = 8192
+#: Unpublished records kept in memory so the stages do not read back what was just written
+#: (empty when the broker keeps up; a longer backlog is read back from SQLite).
+TAIL_SIZE = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,7 @@ class Journal:
         self.handled = self._cursor("handled")
         self.published = self._cursor("published")
         self._dirty = False
-        self._tail: dict[int, Record] = {}
+        self._tail: deque[Record] = deque()
 
     def _scalar(self, sql: str, *args: object) -> int:
         row = self._db.execute(sql, args).fetchone()
@@ -80,19 +83,26 @@ class Journal:
         """The oldest sequence still held (0 when empty)."""
         return self._scalar("SELECT MIN(seq) FROM events")
 
-    def append(self, events: Sequence[Uevent]) -> int:
-        """Record a batch in one transaction; return the sequence of the last one."""
+    def append(self, events: Sequence[Uevent], raw: Sequence[bytes] | None = None) -> int:
+        """Record a batch in one transaction; return the sequence of the last one.
+
+        ``raw`` are the datagrams the events were parsed from, stored as they are (else the
+        events are serialized again).
+        """
         now = time.time()
         first = self.last + 1
-        rows = [(first + i, e.seqnum, now, serialize(e)) for i, e in enumerate(events)]
+        blobs = raw if raw is not None else [serialize(e) for e in events]
+        rows = [
+            (first + i, e.seqnum, now, blob)
+            for i, (e, blob) in enumerate(zip(events, blobs, strict=True))
+        ]
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, NULL)", rows)
         tail = self._tail
-        for (seq, *_), event in zip(rows, events, strict=True):
-            tail[seq] = Record(seq, event, None)
+        tail.extend(Record(first + i, e, None) for i, e in enumerate(events))
         while len(tail) > TAIL_SIZE:
-            del tail[next(iter(tail))]
+            tail.popleft()
         self.last += len(rows)
         return self.last
 
@@ -102,9 +112,10 @@ class Journal:
         if through <= after:
             return []
         tail = self._tail
-        if after + 1 not in tail or through not in tail:
+        if not tail or after + 1 < tail[0].sequence or through > tail[-1].sequence:
             return None
-        return [tail[seq] for seq in range(after + 1, through + 1)]
+        start = after + 1 - tail[0].sequence
+        return list(islice(tail, start, start + through - after))
 
     def _records(self, sql: str, *args: object) -> list[Record]:
         return [
@@ -132,9 +143,9 @@ class Journal:
             )
             self._db.execute("UPDATE cursors SET seq=? WHERE name='handled'", (sequence,))
         self.handled = sequence
-        record = self._tail.get(sequence)
-        if record is not None:
-            self._tail[sequence] = Record(sequence, record.event, handler)
+        tail = self._tail
+        if tail and 0 <= (index := sequence - tail[0].sequence) < len(tail):
+            tail[index] = Record(sequence, tail[index].event, handler)
 
     def skip_handling(self, through: int) -> None:
         """No program runs: everything up to ``through`` counts as handled (saved lazily)."""
@@ -159,6 +170,9 @@ class Journal:
         if through > self.published:
             self.published = through
             self._dirty = True
+        tail = self._tail
+        while tail and tail[0].sequence <= through:
+            tail.popleft()
 
     def flush(self) -> None:
         """Save the lazily kept cursors; losing them only means doing a little work again."""

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 #: Signals sent as one write and acknowledged by one barrier.
 WINDOW = 128
 #: Windows in flight at most (the oldest is awaited before another is sent).
-MAX_BARRIERS = 2
+MAX_BARRIERS = 4
 
 
 class Link(Protocol):

@@ -59,7 +59,9 @@ def handler_variants(handler: Mapping[str, Any] | None) -> dict[str, Variant]:
 def event_body(record: Record) -> list[Any]:
     """The body of an Event signal, and one row of GetEvents."""
     event = record.event
-    props = {key: dbus_safe(value) for key, value in event.properties.items()}
+    props = dict(event.properties)
+    if not ("".join(props.values()).isascii() and "".join(props).isascii()):
+        props = {dbus_safe(key): dbus_safe(value) for key, value in props.items()}
     return [
         record.sequence,
         dbus_safe(event.action),
