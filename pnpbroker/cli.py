@@ -92,6 +92,18 @@ def _trigger_arguments(parser: argparse.ArgumentParser) -> None:
     add_settle_arguments(parser)
 
 
+def _monitor_arguments(parser: argparse.ArgumentParser) -> None:
+    from pnpbroker import monitor
+
+    monitor.add_arguments(parser)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from pnpbroker import monitor
+
+    return monitor.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pnpbroker", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"pnpbroker {__version__}")
@@ -103,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     inst.set_defaults(handler=install.run)
     trigger = commands.add_parser("trigger", help="make the kernel re-send devices' add events")
     _trigger_arguments(trigger)
+    monitor = commands.add_parser("monitor", help="print the broker's events (any user)")
+    _monitor_arguments(monitor)
+    monitor.set_defaults(handler=_cmd_monitor)
     return parser
 
 

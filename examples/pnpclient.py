@@ -1,0 +1,1 @@
+../pnpbroker/client.py
