@@ -344,6 +344,8 @@ class Subscription:
         self.address = address
         self.reconnect = reconnect
         self._last: tuple[int, str, str, str] | None = None
+        self._link: _Link | None = None
+        self._started = False
         self._items = self._connected()
 
     def __aiter__(self) -> Subscription:
@@ -354,8 +356,12 @@ class Subscription:
 
     async def aclose(self) -> None:
         await self._items.aclose()
+        if self._link is not None:
+            self._link.close()
+            self._link = None
 
     async def __aenter__(self) -> Subscription:
+        await self.start()
         return self
 
     async def __aexit__(
@@ -363,18 +369,36 @@ class Subscription:
     ) -> None:
         await self.aclose()
 
-    async def _connected(self) -> AsyncGenerator[Item, None]:
-        delay, connected_once = _RECONNECT_FIRST, False
+    async def start(self) -> None:
+        """Connect and fix the starting point now; ``async with`` calls it, iterating does too.
+
+        With ``after=None`` this is the moment "from now" means (or, if the broker is not
+        running yet, the moment it appears).
+        """
+        if self._link is not None or self._started:
+            return
+        self._started = True
+        try:
+            self._link = await _Link.open(self.address, self.filter.match_rules())
+        except (OSError, EOFError, DBusError) as exc:
+            raise ConnectionLost(f"cannot connect to the bus: {exc}") from exc
+        if self.position is None and self._link.owner is not None:
+            with contextlib.suppress(DBusError):
+                self.position = (await self._link.sequences())[0]
+
+    async def _reopen(self) -> _Link:
+        delay = _RECONNECT_FIRST
         while True:
             try:
-                link = await _Link.open(self.address, self.filter.match_rules())
-            except (OSError, EOFError, DBusError) as exc:
-                if not self.reconnect or not connected_once:
-                    raise ConnectionLost(f"cannot connect to the bus: {exc}") from exc
+                return await _Link.open(self.address, self.filter.match_rules())
+            except (OSError, EOFError, DBusError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX)
-                continue
-            delay, connected_once = _RECONNECT_FIRST, True
+
+    async def _connected(self) -> AsyncGenerator[Item, None]:
+        await self.start()
+        while True:
+            link, self._link = self._link or await self._reopen(), None
             try:
                 async for item in self._session(link):
                     yield item
