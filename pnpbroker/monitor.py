@@ -104,6 +104,12 @@ def _use_colour(out: TextIO) -> bool:
     return out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
+def _announce(position: int | None) -> None:
+    """One line on stderr once subscribed: from here on nothing is missed."""
+    where = "the broker is not running; waiting" if position is None else f"after {position}"
+    print(f"pnpbroker monitor: listening for events {where}", file=sys.stderr, flush=True)
+
+
 async def _print_events(args: argparse.Namespace, out: TextIO) -> None:
     colour = _use_colour(out)
     events = subscribe(
@@ -114,6 +120,7 @@ async def _print_events(args: argparse.Namespace, out: TextIO) -> None:
         address=args.bus_address,
     )
     async with events:
+        _announce(events.position)
         async for item in events:
             if args.json:
                 text = json.dumps(as_json(item), ensure_ascii=False)
