@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -234,9 +235,12 @@ def _property(bus: SystemBus, name: str) -> int:
 
 
 def read_json_lines(
-    proc: subprocess.Popen[str], done: Callable[[list[dict[str, object]]], bool]
+    proc: subprocess.Popen[bytes], done: Callable[[list[dict[str, object]]], bool]
 ) -> list[dict[str, object]]:
-    """Lines of JSON from ``proc`` until ``done``; time out only to stop a hang."""
+    """Lines of JSON from ``proc`` until ``done``; time out only to stop a hang.
+
+    The pipe is unbuffered (``bufsize=0``): a buffered reader would hide lines from select().
+    """
     assert proc.stdout is not None
     records: list[dict[str, object]] = []
     deadline = time.monotonic() + TIMEOUT
@@ -248,21 +252,21 @@ def read_json_lines(
         line = proc.stdout.readline()
         if not line:
             raise AssertionError(
-                f"client exited {proc.wait()}: {proc.stderr and proc.stderr.read()}"
+                f"client exited {proc.wait()}: {proc.stderr and proc.stderr.read()!r}"
             )
         records.append(json.loads(line))
     return records
 
 
-def as_nobody(argv: list[str], bus: SystemBus) -> subprocess.Popen[str]:
+def as_nobody(argv: list[str], bus: SystemBus) -> subprocess.Popen[bytes]:
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     env = {"PATH": os.environ["PATH"], **bus.env()}
     return subprocess.Popen(
-        prefix + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/"
+        prefix + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=env, cwd="/"
     )
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(TIMEOUT)
     for stream in (proc.stdout, proc.stderr):
@@ -299,3 +303,56 @@ def test_nobody_receives_and_replays(system_bus: SystemBus, netns: NetNS, tmp_pa
             stop(replay)
     assert [r["sequence"] for r in again] == [r["sequence"] for r in got]
     assert_contiguous([int(str(r["sequence"])) for r in got])
+
+
+@pytest.mark.root
+def test_example_scripts_copied_out(system_bus: SystemBus, netns: NetNS, tmp_path: Path) -> None:
+    """A copy of examples/ (cp -L) works: wait_for_device matches or times out; resume by state."""
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-rL", str(EXAMPLES), str(copy)], check=True)
+    env = {**os.environ, **system_bus.env()}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *argv], capture_output=True, text=True, env=env, timeout=TIMEOUT
+        )
+
+    with BrokerProcess(system_bus, tmp_path / "state", netns=netns):
+        netns.add_ifbs(["w0"])
+        found = run(
+            str(copy / "wait_for_device.py"), "--since", "0", "--subsystem", "net",
+            "--property", "INTERFACE=w0", "--timeout", str(TIMEOUT),
+        )  # fmt: skip
+        assert (found.returncode, found.stdout.strip()) == (0, "/devices/virtual/net/w0")
+        missing = run(
+            str(copy / "wait_for_device.py"), "--property", "INTERFACE=nothere",
+            "--timeout", "0.5",
+        )  # fmt: skip
+        assert missing.returncode == 1
+        assert "nothing matched" in missing.stderr
+        state = tmp_path / "position"
+        first = print_events_until(copy, state, env)
+        netns.add_ifbs(["w1"])
+        second = print_events_until(copy, state, env, until="w1")
+    delivered = [int(str(r["sequence"])) for r in first + second]
+    assert_contiguous(delivered)
+
+
+def print_events_until(
+    copy: Path, state: Path, env: dict[str, str], until: str = "w0"
+) -> list[dict[str, object]]:
+    """print_events.py --since 0 --state FILE until interface ``until`` is added, then stop."""
+    argv = [sys.executable, str(copy / "print_events.py"), "--since", "0", "--state", str(state)]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=env
+    )
+    try:
+        got = read_json_lines(proc, lambda r: until in interfaces_added(r))
+        proc.send_signal(signal.SIGINT)  # asyncio turns it into cancellation at an await:
+        assert proc.wait(TIMEOUT) == 0  # the line printed and its position saved go together
+        assert proc.stdout is not None
+        got += [json.loads(line) for line in proc.stdout.read().splitlines()]
+    finally:
+        stop(proc)
+    assert int(state.read_text()) == got[-1]["sequence"]
+    return got

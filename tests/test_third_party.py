@@ -58,9 +58,14 @@ GLib.MainLoop().run()
 
 
 def read_lines(
-    proc: subprocess.Popen[str], done: Callable[[list[str]], bool], stream: IO[str] | None = None
+    proc: subprocess.Popen[bytes],
+    done: Callable[[list[str]], bool],
+    stream: IO[bytes] | None = None,
 ) -> list[str]:
-    """Lines from a child until ``done`` (stdout unless ``stream``); time out only on a hang."""
+    """Lines from a child until ``done`` (stdout unless ``stream``); time out only on a hang.
+
+    The pipes are unbuffered (``bufsize=0``): a buffered reader would hide lines from select().
+    """
     out = stream or proc.stdout
     assert out is not None
     lines: list[str] = []
@@ -71,12 +76,12 @@ def read_lines(
             raise TimeoutError(f"after {lines[-3:]}")
         line = out.readline()
         if not line:
-            raise AssertionError(f"exited {proc.wait()}: {proc.stderr and proc.stderr.read()}")
-        lines.append(line.rstrip("\n"))
+            raise AssertionError(f"exited {proc.wait()}: {proc.stderr and proc.stderr.read()!r}")
+        lines.append(line.decode().rstrip("\n"))
     return lines
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     proc.wait(TIMEOUT)
     for stream in (proc.stdout, proc.stderr):
@@ -171,7 +176,7 @@ def test_busctl_introspect(system_bus: SystemBus) -> None:
 def test_busctl_monitor_sees_event_signals(system_bus: SystemBus, netns: NetNS) -> None:
     """``busctl monitor org.pnp.Broker`` (root: it becomes a bus monitor) shows Event signals."""
     argv = ["busctl", f"--address={system_bus.address}", "--json=short", "monitor", DEST]
-    monitor = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    monitor = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     try:
         # busctl says on stderr once it monitors; only then are signals guaranteed to show.
         read_lines(monitor, lambda got: any("Monitoring" in x for x in got), monitor.stderr)
@@ -205,7 +210,7 @@ def test_dbus_python_subscriber_as_nobody(system_bus: SystemBus, netns: NetNS) -
     argv = [*prefix, SYSTEM_PYTHON, "-c", DBUS_PYTHON_SUBSCRIBER, system_bus.address]
     env = {"PATH": os.environ["PATH"]}
     client = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/"
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=env, cwd="/"
     )
     try:
         (hello,) = read_lines(client, lambda got: len(got) == 1)
