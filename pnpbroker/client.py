@@ -73,6 +73,16 @@ class ConnectionLost(ClientError):
     """The bus connection failed and the subscription was asked not to reconnect."""
 
 
+def _plain(value: Any) -> Any:
+    """A D-Bus value without Variant wrappers (``runs`` nests a list of dicts of them)."""
+    value = getattr(value, "value", value)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the legacy program did with an event (``Event.handler``); None if none ran."""
@@ -83,17 +93,19 @@ class Outcome:
     timed_out: bool
     duration: float
     skipped: bool
+    error: str
     raw: Mapping[str, Any]
 
     @property
     def ok(self) -> bool:
-        return self.status == 0 and not (self.signal or self.timed_out or self.skipped)
+        failed = self.signal or self.timed_out or self.skipped or self.error
+        return self.status == 0 and not failed
 
     @classmethod
     def from_variants(cls, values: Mapping[str, Any]) -> Outcome | None:
         if not values:
             return None
-        plain = MappingProxyType({k: getattr(v, "value", v) for k, v in values.items()})
+        plain = MappingProxyType({k: _plain(v) for k, v in values.items()})
         return cls(
             program=str(plain.get("program", "")),
             status=int(plain.get("status", 0)),
@@ -101,6 +113,7 @@ class Outcome:
             timed_out=bool(plain.get("timed_out", False)),
             duration=float(plain.get("duration", 0.0)),
             skipped=bool(plain.get("skipped", False)),
+            error=str(plain.get("error", "")),
             raw=plain,
         )
 

@@ -58,6 +58,8 @@ def describe(outcome: Outcome | None) -> str:
         return "-"
     if outcome.skipped:
         return "skipped"
+    if outcome.error:
+        return f"error: {outcome.error}"
     if outcome.timed_out:
         return f"timed out ({outcome.duration:.2f}s)"
     if outcome.signal:

@@ -28,9 +28,21 @@ CONTRACT_XML = REPO_ROOT / "dbus" / "org.pnp.Broker1.xml"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 # What DEVELOPERS.md ("The D-Bus contract") documents, as D-Bus signatures.
-METHODS = {"GetEvents": ("tu", "a(tsssa{ss}a{sv})")}
+METHODS = {
+    "GetEvents": ("tu", "a(tsssa{ss}a{sv})"),
+    "Trigger": ("a{sv}", "su"),
+    "Pause": ("", ""),
+    "Resume": ("", ""),
+    "Reload": ("", ""),
+}
 SIGNALS = {"Event": "tsssa{ss}a{sv}", "EventsLost": "ts"}
-PROPERTIES = {"LastSequence": "t", "OldestSequence": "t", "Version": "s", "Statistics": "a{st}"}
+PROPERTIES = {
+    "LastSequence": "t",
+    "OldestSequence": "t",
+    "Paused": "b",
+    "Version": "s",
+    "Statistics": "a{st}",
+}
 
 DBUS_PYTHON_SUBSCRIBER = r"""
 import json, sys
@@ -164,7 +176,8 @@ def test_busctl_introspect(system_bus: SystemBus) -> None:
         timeout=TIMEOUT,
     ).stdout
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(".")}
-    assert rows[".GetEvents"][:3] == ["method", "tu", "a(tsssa{ss}a{sv})"]
+    for name, (args, result) in METHODS.items():
+        assert rows[f".{name}"][:3] == ["method", args or "-", result or "-"]
     for name, signature in SIGNALS.items():
         assert rows[f".{name}"][:2] == ["signal", signature]
     for name, signature in PROPERTIES.items():
