@@ -13,7 +13,7 @@ example scripts as ``examples/pnpclient.py`` (a symlink to this file): copy it i
 
 Delivery: every event after the starting point exactly once, in sequence order. The match rule
 is added first; then the journal is replayed with ``GetEvents`` up to what the broker had
-journalled when the rule took effect; later events arrive as signals; repeats are dropped by
+sent when the rule took effect (``LastSequence``); later events arrive as signals; repeats are dropped by
 sequence. A restarted broker or a lost bus connection is followed by the same replay from the
 last sequence accounted for. What cannot be delivered raises: :class:`JournalGap` (the broker
 no longer holds the events wanted) and :class:`BrokerReset` (the broker's sequence went
@@ -43,7 +43,7 @@ ERROR_JOURNAL_GAP: Final = "org.pnp.Broker1.Error.NoLongerJournalled"
 _DBUS: Final = "org.freedesktop.DBus"
 
 PAGE: Final = 1024
-_POLL_FIRST, _POLL_MAX = 0.05, 1.0
+_POLL_MAX = 1.0
 _RECONNECT_FIRST, _RECONNECT_MAX = 0.2, 5.0
 
 
@@ -318,18 +318,16 @@ class _Link:
         return await self._call(msg)
 
     async def sequences(self) -> tuple[int, int]:
-        """(everything journalled when asked, oldest held).
+        """(the last sequence sent when asked, the oldest held).
 
-        ``LastSequence`` counts published events only; an event published while our match rule
-        was being added may be past it. ``Statistics["journalled"]`` bounds every event that can
-        have been sent before the rule took effect, so replay goes up to it.
+        ``LastSequence`` counts every Event signal the broker has sent, and ``GetEvents``
+        returns all of them: what went out before our match rule took effect is there, what
+        goes out after it arrives as a signal.
         """
         (props,) = await self.broker_call(
             "org.freedesktop.DBus.Properties", "GetAll", "s", [INTERFACE]
         )
-        last = int(props["LastSequence"].value)
-        stats = props["Statistics"].value if "Statistics" in props else {}
-        return max(last, int(stats.get("journalled", last))), int(props["OldestSequence"].value)
+        return int(props["LastSequence"].value), int(props["OldestSequence"].value)
 
     async def get_events(self, after: int, limit: int) -> list[Event]:
         (rows,) = await self.broker_call(INTERFACE, "GetEvents", "tu", [after, limit])
@@ -440,14 +438,13 @@ class Subscription:
                 yield live
 
     async def _replay(self, link: _Link, generation: int) -> AsyncIterator[Event]:
-        """GetEvents from ``position`` up to what was journalled once our rules were in place."""
+        """GetEvents from ``position`` up to what was sent once our rules were in place."""
         target, oldest = await link.sequences()
         if self.position is None:
             self.position = target  # "from now": every later event comes as a signal
             return
         self._check_continuity(target, oldest)
         await self._check_same_journal(link, oldest)
-        delay = _POLL_FIRST
         while self.position < target and link.generation == generation and not link.closed:
             try:
                 events = await link.get_events(self.position, PAGE)
@@ -455,11 +452,8 @@ class Subscription:
                 if exc.type == ERROR_JOURNAL_GAP:
                     raise JournalGap(self.position + 1, oldest) from exc
                 raise
-            if not events:  # journalled but not yet published: the broker is still at it
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _POLL_MAX)
-                continue
-            delay = _POLL_FIRST
+            if not events:  # sent but not returned: the journal no longer holds them
+                raise JournalGap(self.position + 1, oldest)
             for event in events:
                 if event.sequence != self.position + 1:
                     raise JournalGap(self.position + 1, event.sequence)

@@ -76,7 +76,7 @@ class Broker:
 
     @property
     def last_sequence(self) -> int:
-        return self.journal.published
+        return self.journal.sent
 
     @property
     def oldest_sequence(self) -> int:

@@ -68,6 +68,8 @@ class Journal:
         self.last = self._scalar("SELECT seq FROM sqlite_sequence WHERE name='events'")
         self.handled = self._cursor("handled")
         self.published = self._cursor("published")
+        #: Emitted on the bus at least once (not yet necessarily acknowledged): what clients see.
+        self.sent = self.published
         self._dirty = False
         self._tail: deque[Record] = deque()
 
@@ -165,6 +167,10 @@ class Journal:
             limit,
         )
 
+    def mark_sent(self, through: int) -> None:
+        """Signals up to ``through`` went out; GetEvents may return them from now on."""
+        self.sent = max(self.sent, through)
+
     def mark_published(self, through: int) -> None:
         """The bus acknowledged everything up to ``through`` (saved by :meth:`flush`)."""
         if through > self.published:
@@ -187,12 +193,16 @@ class Journal:
         self._dirty = False
 
     def published_after(self, after: int, limit: int) -> list[Record]:
-        """Published events with sequence > ``after``, oldest first: what GetEvents returns."""
+        """Sent events with sequence > ``after``, oldest first: what GetEvents returns.
+
+        Bounded by what was sent, not what was acknowledged: a client that subscribed before
+        asking then misses nothing (what went out before its rule is here, the rest arrives).
+        """
         return self._records(
             "SELECT seq, uevent, handler FROM events WHERE seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ?",
             after,
-            self.published,
+            self.sent,
             limit,
         )
 

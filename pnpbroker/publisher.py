@@ -103,6 +103,7 @@ class Publisher:
             except Exception as exc:
                 raise LinkLost(str(exc)) from exc
             sent = records[-1].sequence
+            self.journal.mark_sent(sent)
             barriers.append((link.barrier(), sent))
             while len(barriers) >= MAX_BARRIERS:
                 await self._settle(barriers)
