@@ -58,6 +58,8 @@ class BrokerProcess:
         self, timeout: float = 30.0, *, wait_ready: bool = True, **popen: object
     ) -> BrokerProcess:
         notify_path = self._dir / f"notify-{time.monotonic_ns()}"
+        if self._notify is not None:  # started again (a restart): a fresh socket, no stale state
+            self._notify.close()
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
