@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Protocol, TypeVar
 
 from dbus_fast import DBusError, Variant
+from dbus_fast import introspection as intr
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
@@ -31,6 +32,14 @@ EventRow = Annotated[
     DBusSignature("(tsssa{ss}a{sv})"),
 ]
 EventRows = Annotated[list[EventRow], DBusSignature("a(tsssa{ss}a{sv})")]
+
+#: Argument names dbus-fast cannot take from Python: those of signals and of method results.
+ARG_NAMES: dict[str, tuple[str, ...]] = {
+    "Event": ("sequence", "action", "subsystem", "devpath", "properties", "handler"),
+    "EventsLost": ("after_sequence", "resync_uuid"),
+    "GetEvents": ("events",),
+}
+EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 
 def _variant(value: Any) -> Variant:
@@ -106,9 +115,24 @@ def named_errors(method: F) -> F:
 class BrokerInterface(ServiceInterface):
     """``org.pnp.Broker1``: the contract in dbus/org.pnp.Broker1.xml."""
 
+    #: Properties that send PropertiesChanged; the others say so with EmitsChangedSignal=false.
+    emitting_properties: frozenset[str] = frozenset()
+
     def __init__(self, core: Core) -> None:
         super().__init__(names.INTERFACE)
         self.core = core
+
+    def introspect(self) -> intr.Interface:
+        """dbus-fast's introspection plus what the contract says and Python cannot express."""
+        found = super().introspect()
+        for member in (*found.signals, *found.methods):
+            args = member.args if isinstance(member, intr.Signal) else member.out_args
+            for arg, name in zip(args, ARG_NAMES.get(member.name, ()), strict=False):
+                arg.name = name
+        for prop in found.properties:
+            if prop.name not in self.emitting_properties:
+                prop.annotations[EMITS_CHANGED] = "false"
+        return found
 
     @dbus_signal()
     def Event(
