@@ -125,9 +125,10 @@ class BrokerInterface(ServiceInterface):
     def introspect(self) -> intr.Interface:
         """dbus-fast's introspection plus what the contract says and Python cannot express."""
         found = super().introspect()
-        for member in (*found.signals, *found.methods):
-            args = member.args if isinstance(member, intr.Signal) else member.out_args
-            for arg, name in zip(args, ARG_NAMES.get(member.name, ()), strict=False):
+        members: list[tuple[str, list[intr.Arg]]] = [(s.name, s.args) for s in found.signals]
+        members += [(m.name, m.out_args) for m in found.methods]
+        for member, args in members:
+            for arg, name in zip(args, ARG_NAMES.get(member, ()), strict=False):
                 arg.name = name
         for prop in found.properties:
             if prop.name not in self.emitting_properties:

@@ -22,7 +22,7 @@ EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 
 def _args(args: list[intr.Arg]) -> list[tuple[str | None, str, str]]:
-    return [(a.name, a.signature, a.direction.value if a.direction else "out") for a in args]
+    return [(a.name, str(a.signature), a.direction.value if a.direction else "out") for a in args]
 
 
 def normalized(interface: intr.Interface) -> dict[str, Any]:
