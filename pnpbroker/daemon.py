@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
+#: Counters Statistics always holds, zero until something happens, so clients can rely on them.
+COUNTERS = ("received", "overflows", "rejected_forged", "rejected_malformed")
 #: Log the first N of each kind of rejected datagram, then one in every M.
 _LOG_FIRST, _LOG_EVERY = 10, 1000
 
@@ -78,7 +80,7 @@ class Broker:
         return self.journal.oldest
 
     def statistics(self) -> dict[str, int]:
-        stats = dict(self.stats)
+        stats = dict.fromkeys(COUNTERS, 0) | self.stats
         stats.update(
             published=self.publisher.count,
             journalled=self.journal.last,
