@@ -8,6 +8,7 @@ events are about our own links; the sequence is checked over everything publishe
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import signal
 import socket
@@ -17,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import dbus_fast
 import pytest
 from dbus_fast import Message
 from dbus_fast.aio import MessageBus
@@ -246,3 +248,92 @@ async def test_slow_program_queues_without_loss(
     assert queued[0] > 0, "the queue never built up"
     assert stats["overflows"] == 0
     assert published.ours == [int(e["SEQNUM"]) for e in sent]
+
+
+@pytest.mark.root
+async def test_busctl_monitor_shows_event_signals(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path
+) -> None:
+    with BrokerProcess(system_bus, tmp_path / "state", ["--no-program"], netns=netns):
+        monitor = await asyncio.create_subprocess_exec(
+            "busctl", f"--address={system_bus.address}", "monitor", "org.pnp.Broker",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        assert monitor.stdout is not None
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(30):
+                seen.append((await monitor.stdout.readline()).decode())
+                assert "Monitoring" in seen[0]
+                netns.add_ifbs(["m0"])
+                while '"m0"' not in seen[-1]:
+                    seen.append((await monitor.stdout.readline()).decode())
+        finally:
+            monitor.terminate()
+            await monitor.wait()
+    text = "".join(seen)
+    assert "Interface=org.pnp.Broker1" in text
+    assert "Member=Event" in text
+
+
+_NOBODY_CLIENT = """
+import asyncio, json, os, sys
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+def broker(member, signature="", body=(), interface="org.pnp.Broker1"):
+    return Message(destination="org.pnp.Broker", path="/org/pnp/Broker", interface=interface,
+                   member=member, signature=signature, body=list(body))
+
+async def main():
+    bus = await MessageBus(bus_address=os.environ["DBUS_SYSTEM_BUS_ADDRESS"]).connect()
+    got = asyncio.get_running_loop().create_future()
+    def on_message(m):
+        if m.member == "Event" and m.body[4].get("INTERFACE") == sys.argv[1] and not got.done():
+            got.set_result(m.body[0])
+    bus.add_message_handler(on_message)
+    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+        body=["type='signal',sender='org.pnp.Broker',interface='org.pnp.Broker1'"]))
+    print("subscribed", flush=True)
+    sequence = await asyncio.wait_for(got, 60)
+    props = "org.freedesktop.DBus.Properties"
+    rows = await bus.call(broker("GetEvents", "tu", (sequence - 1, 0)))
+    last = await bus.call(broker("Get", "ss", ("org.pnp.Broker1", "LastSequence"), props))
+    stats = await bus.call(broker("Get", "ss", ("org.pnp.Broker1", "Statistics"), props))
+    for reply in (rows, last, stats):
+        if reply.message_type == MessageType.ERROR:
+            print(json.dumps({"error": [reply.error_name, reply.body]}), flush=True)
+            return
+    print(json.dumps({"uid": os.getuid(), "sequence": sequence,
+                      "rows": [r[0] for r in rows.body[0]], "last": last.body[0].value,
+                      "stats": sorted(stats.body[0].value)}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.root
+async def test_unprivileged_client(system_bus: SystemBus, netns: NetNS, tmp_path: Path) -> None:
+    """As `nobody`: receive the signal, call GetEvents, read properties (the bus policy)."""
+    site = Path(dbus_fast.__file__).parent.parent
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _NOBODY_CLIENT, "u0",
+        stdout=asyncio.subprocess.PIPE, user="nobody", group="nogroup", extra_groups=[], cwd="/",
+        env={"DBUS_SYSTEM_BUS_ADDRESS": system_bus.address, "PYTHONPATH": str(site)},
+    )  # fmt: skip
+    assert client.stdout is not None
+    with BrokerProcess(system_bus, tmp_path / "state", ["--no-program"], netns=netns):
+        try:
+            async with asyncio.timeout(60):
+                assert (await client.stdout.readline()).strip() == b"subscribed"
+                netns.add_ifbs(["u0"])
+                answer = json.loads(await client.stdout.readline())
+        finally:
+            if client.returncode is None:
+                client.kill()
+            await client.wait()
+    assert answer["uid"] != 0
+    assert answer["sequence"] in answer["rows"]
+    assert answer["last"] >= answer["sequence"]
+    assert "published" in answer["stats"]
