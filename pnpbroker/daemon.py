@@ -69,11 +69,12 @@ class Broker:
 
     # The service's view (pnpbroker.service.Core).
     def events_after(self, after: int, limit: int) -> list[Record]:
-        return self.journal.published_after(after, limit)
+        return self.journal.published_after(after, limit, self.last_sequence)
 
     @property
     def last_sequence(self) -> int:
-        return self.journal.published
+        """The last sequence sent: a client that saw its signal must find it in GetEvents."""
+        return max(self.journal.published, self.publisher.emitted)
 
     @property
     def oldest_sequence(self) -> int:

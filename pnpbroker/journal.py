@@ -172,13 +172,14 @@ class Journal:
             )
         self._dirty = False
 
-    def published_after(self, after: int, limit: int) -> list[Record]:
-        """Published events with sequence > ``after``, oldest first: what GetEvents returns."""
+    def published_after(self, after: int, limit: int, through: int | None = None) -> list[Record]:
+        """Published events (up to ``through``, default the published cursor) with sequence >
+        ``after``, oldest first: what GetEvents returns."""
         return self._records(
             "SELECT seq, uevent, handler FROM events WHERE seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ?",
             after,
-            self.published,
+            min(self.handled, self.published if through is None else through),
             limit,
         )
 

@@ -45,6 +45,10 @@ class Publisher:
         self._wake = asyncio.Event()
         self._stopping = False
         self.count = 0
+        #: The highest sequence sent as a signal on any link. A client that has received a
+        #: signal may ask for it at once (GetEvents, LastSequence): the bus has not yet
+        #: acknowledged it, but it is handled and will never change.
+        self.emitted = journal.published
 
     def attach(self, link: Link | None) -> None:
         """Use this link from now on (None: the bus is gone, wait for another)."""
@@ -103,6 +107,7 @@ class Publisher:
             for record in records:
                 link.emit("Event", names.EVENT_SIGNATURE, event_body(record))
                 sent = record.sequence
+                self.emitted = max(self.emitted, sent)
                 since_barrier += 1
                 if since_barrier >= WINDOW:
                     barriers.append((link.barrier(), sent))
