@@ -95,6 +95,8 @@ class Broker:
         events: list[Uevent] = []
         for item in self.source.read_batch():
             if isinstance(item, Overflow):
+                self._record(events)  # read before the overflow: EventsLost names what follows
+                events = []
                 self._lost()
                 continue
             try:
@@ -103,13 +105,16 @@ class Broker:
                 self._reject("forged", exc, item.where)
             except MalformedUevent as exc:
                 self._reject("malformed", exc, item.where)
+        self._record(events)
+        if self.source.eof:
+            asyncio.get_running_loop().remove_reader(self.source.fileno())
+            asyncio.get_running_loop().create_task(self._finish_stream())
+
+    def _record(self, events: list[Uevent]) -> None:
         if events:
             self.journal.append(events)
             self.stats["received"] += len(events)
             self.sequencer.notify()
-        if self.source.eof:
-            asyncio.get_running_loop().remove_reader(self.source.fileno())
-            asyncio.get_running_loop().create_task(self._finish_stream())
 
     def _reject(self, kind: str, exc: Exception, where: str) -> None:
         key = f"rejected_{kind}"
