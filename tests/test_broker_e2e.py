@@ -337,3 +337,31 @@ async def test_unprivileged_client(system_bus: SystemBus, netns: NetNS, tmp_path
     assert answer["sequence"] in answer["rows"]
     assert answer["last"] >= answer["sequence"]
     assert "published" in answer["stats"]
+
+
+@pytest.mark.root
+async def test_overflow_is_announced_and_the_broker_goes_on(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path
+) -> None:
+    """A tiny receive buffer and a burst: ENOBUFS is counted, EventsLost sent, nothing stops."""
+    args = ["--no-program", "--receive-buffer", "1K"]
+    published = Published(None, {"after0"})
+    with BrokerProcess(system_bus, tmp_path / "state", args, netns=netns) as broker:
+        async with SignalCollector(system_bus.address) as collector:
+            collector.bus.add_message_handler(published.on_message)
+            netns.burst(300, prefix="o")
+            netns.add_ifbs(["after0"])
+            await published.wait_for_ours(3, within=60)
+            stats = await statistics(collector.bus)
+            lost = collector.members("EventsLost")
+        assert broker.stop() == 0, broker.log()
+    assert stats["overflows"] > 0
+    assert len(lost) == stats["overflows"]
+    seqnums = {sequence: int(props["SEQNUM"]) for sequence, props, _ in published.rows}
+    for message in lost:
+        after, resync = message.body
+        assert resync == ""
+        # The kernel's numbers jump somewhere after the event EventsLost names.
+        later = [seqnums[s + 1] - seqnums[s] for s in seqnums if s >= after and s + 1 in seqnums]
+        assert any(step > 1 for step in later)
+    assert "KERNEL DROPPED UEVENTS" in broker.log()
