@@ -12,12 +12,13 @@ example scripts as ``examples/pnpclient.py`` (a symlink to this file): copy it i
                 print(item.sequence, item.action, item.devpath)
 
 Delivery: every event after the starting point exactly once, in sequence order. The match rule
-is added first; then the journal is replayed with ``GetEvents`` up to what the broker had
-sent when the rule took effect (``LastSequence``); later events arrive as signals; repeats are dropped by
-sequence. A restarted broker or a lost bus connection is followed by the same replay from the
-last sequence accounted for. What cannot be delivered raises: :class:`JournalGap` (the broker
-no longer holds the events wanted) and :class:`BrokerReset` (the broker's sequence went
-backwards or no longer matches: a fresh state directory). Nothing is skipped silently.
+is added first; then the journal is replayed with ``GetEvents`` up to what the broker had sent
+when the rule took effect (``LastSequence``); later events arrive as signals; repeats are
+dropped by sequence. A restarted broker or a lost bus connection is followed by the same
+replay from the last sequence accounted for. What cannot be delivered raises:
+:class:`JournalGap` (the broker no longer holds the events wanted) and :class:`BrokerReset`
+(the broker's sequence went backwards or no longer matches: a fresh state directory).
+Nothing is skipped silently.
 """
 
 from __future__ import annotations

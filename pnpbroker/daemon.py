@@ -126,6 +126,8 @@ class Broker:
         accepted: list[tuple[Uevent, bytes]] = []
         for item in items:
             if isinstance(item, Overflow):
+                self._record(accepted)  # read before the overflow: EventsLost names what follows
+                accepted = []
                 self._lost()
                 continue
             try:
@@ -134,16 +136,17 @@ class Broker:
                 self._reject("forged", exc, item.where)
             except MalformedUevent as exc:
                 self._reject("malformed", exc, item.where)
-        if accepted:
-            self.stats["received"] += len(accepted)
-            self._record(accepted)
+        self._record(accepted)
         if self.source.eof:
             asyncio.get_running_loop().remove_reader(self.source.fileno())
             asyncio.get_running_loop().create_task(self._finish_stream())
 
     def _record(self, accepted: list[tuple[Uevent, bytes]]) -> None:
         """Journal a batch; if the journal cannot take it, stop reading until it can."""
+        self.stats["received"] += len(accepted)
         pending = self._unrecorded
+        if not pending and not accepted:
+            return
         pending.extend(accepted)
         try:
             self.journal.append([event for event, _ in pending], [raw for _, raw in pending])
@@ -157,7 +160,7 @@ class Broker:
             loop.remove_reader(self.source.fileno())
             loop.call_later(JOURNAL_RETRY_SECONDS, self._retry_record)
             return
-        self._unrecorded.clear()
+        pending.clear()
         self.sequencer.notify()
 
     def _retry_record(self) -> None:

@@ -167,7 +167,7 @@ class ProgramRunner:
         try:
             if await _readable(pidfd, self.timeout):
                 return _reap(pid), False
-            log.error("%s: %d s timeout, sending SIGTERM to pid %d", label, self.timeout, pid)
+            log.error("%s: %g s timeout, sending SIGTERM to pid %d", label, self.timeout, pid)
             _killpg(pid, signal.SIGTERM)
             if not await _readable(pidfd, self.grace):
                 log.error("%s: still running after %g s, sending SIGKILL", label, self.grace)

@@ -175,6 +175,7 @@ class Journal:
         """The bus acknowledged everything up to ``through`` (saved by :meth:`flush`)."""
         if through > self.published:
             self.published = through
+            self.sent = max(self.sent, through)
             self._dirty = True
         tail = self._tail
         while tail and tail[0].sequence <= through:

@@ -47,6 +47,9 @@ class Publisher:
         self._wake = asyncio.Event()
         self._stopping = False
         self.count = 0
+        #: The highest sequence sent as a signal on any link. A client that has received a
+        #: signal may ask for it at once (GetEvents, LastSequence): the bus has not yet
+        #: acknowledged it, but it is handled and will never change.
 
     def attach(self, link: Link | None) -> None:
         """Use this link from now on (None: the bus is gone, wait for another)."""

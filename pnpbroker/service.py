@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
 from dbus_fast.constants import PropertyAccess
@@ -35,6 +36,15 @@ EventRow = Annotated[
 EventRows = Annotated[list[EventRow], DBusSignature("a(tsssa{ss}a{sv})")]
 #: A method that returns nothing (a bare ``None`` annotation confuses dbus-fast).
 Nothing = Annotated[None, DBusSignature("")]
+
+#: Argument names dbus-fast cannot take from Python: those of signals and of method results.
+ARG_NAMES: dict[str, tuple[str, ...]] = {
+    "Event": ("sequence", "action", "subsystem", "devpath", "properties", "handler"),
+    "EventsLost": ("after_sequence", "resync_uuid"),
+    "GetEvents": ("events",),
+    "Trigger": ("uuid", "count"),
+}
+EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 
 def _variant(value: Any) -> Variant:
@@ -158,9 +168,25 @@ def named_errors(method: F) -> F:
 class BrokerInterface(ServiceInterface):
     """``org.pnp.Broker1``: the contract in dbus/org.pnp.Broker1.xml."""
 
+    #: Properties that send PropertiesChanged; the others say so with EmitsChangedSignal=false.
+    emitting_properties: frozenset[str] = frozenset()
+
     def __init__(self, core: Core) -> None:
         super().__init__(names.INTERFACE)
         self.core = core
+
+    def introspect(self) -> intr.Interface:
+        """dbus-fast's introspection plus what the contract says and Python cannot express."""
+        found = super().introspect()
+        members: list[tuple[str, list[intr.Arg]]] = [(s.name, s.args) for s in found.signals]
+        members += [(m.name, m.out_args) for m in found.methods]
+        for member, args in members:
+            for arg, name in zip(args, ARG_NAMES.get(member, ()), strict=False):
+                arg.name = name
+        for prop in found.properties:
+            if prop.name not in self.emitting_properties:
+                prop.annotations[EMITS_CHANGED] = "false"
+        return found
 
     @dbus_signal()
     def Event(
