@@ -29,6 +29,18 @@ from pnpbroker.service import track_callers
 log = logging.getLogger(__name__)
 
 
+def to_bus_daemon(member: str, signature: str = "", body: list[Any] | None = None) -> Message:
+    """A method call on the bus daemon's own interface (AddMatch, GetId, GetNameOwner, ...)."""
+    return Message(
+        destination="org.freedesktop.DBus",
+        path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus",
+        member=member,
+        signature=signature,
+        body=body or [],
+    )
+
+
 class NameTaken(RuntimeError, BrokerError):
     """Another connection owns the broker's bus name."""
 
@@ -98,13 +110,7 @@ class BusLink:
         """A future that resolves once the bus daemon has read everything sent so far."""
         # GetId, not Peer.Ping: a Debian system bus lets anyone call the daemon's own
         # interface, but refuses Peer calls to the daemon, root's included.
-        get_id = Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="GetId",
-        )
-        return asyncio.ensure_future(self.bus.call(get_id))
+        return asyncio.ensure_future(self.bus.call(to_bus_daemon("GetId")))
 
     @property
     def connected(self) -> bool:

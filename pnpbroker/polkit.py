@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from pnpbroker.busconn import to_bus_daemon
 from pnpbroker.errors import BrokerError
 from pnpbroker.names import ERROR_NOT_AUTHORIZED
 
@@ -102,14 +103,7 @@ def _check_authorization(sender: str, action_id: str) -> Message:
 
 
 def _unix_user(sender: str) -> Message:
-    return Message(
-        destination="org.freedesktop.DBus",
-        path="/org/freedesktop/DBus",
-        interface="org.freedesktop.DBus",
-        member="GetConnectionUnixUser",
-        signature="s",
-        body=[sender],
-    )
+    return to_bus_daemon("GetConnectionUnixUser", "s", [sender])
 
 
 def _polkit_absent(reply: Message) -> bool:

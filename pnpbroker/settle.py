@@ -18,6 +18,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from pnpbroker import coldplug, names
+from pnpbroker.busconn import to_bus_daemon
 from pnpbroker.errors import BrokerError
 
 DEFAULT_TIMEOUT = 120.0
@@ -55,16 +56,7 @@ class Watcher:
         """Connect and subscribe; once this returns, no matching signal can be missed."""
         bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
         watcher = cls(bus, uuid)
-        reply = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[MATCH],
-            )
-        )
+        reply = await bus.call(to_bus_daemon("AddMatch", "s", [MATCH]))
         if reply is None or reply.message_type == MessageType.ERROR:
             bus.disconnect()
             raise ConnectionError(f"AddMatch refused: {reply.body if reply else 'no reply'}")

@@ -14,6 +14,8 @@ from types import TracebackType
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from pnpbroker.busconn import to_bus_daemon
+
 BROKER_SIGNALS = "type='signal',sender='org.pnp.Broker',interface='org.pnp.Broker1'"
 
 
@@ -42,16 +44,7 @@ class SignalCollector:
         """Connect and subscribe; signals sent after this returns are all collected."""
         self._bus = await connect(self.address)
         self._bus.add_message_handler(self._on_message)
-        reply = await self._bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[self.match],
-            )
-        )
+        reply = await self._bus.call(to_bus_daemon("AddMatch", "s", [self.match]))
         if reply is None or reply.message_type != MessageType.METHOD_RETURN:
             raise RuntimeError(f"AddMatch {self.match!r} failed: {reply and reply.body}")
         return self

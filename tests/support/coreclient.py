@@ -15,6 +15,8 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from pnpbroker.busconn import to_bus_daemon
+
 BUS_NAME = "org.pnp.Broker"
 OBJECT_PATH = "/org/pnp/Broker"
 INTERFACE = "org.pnp.Broker1"
@@ -79,16 +81,7 @@ async def statistics(bus: MessageBus) -> dict[str, int]:
 
 async def name_owner(bus: MessageBus, name: str = BUS_NAME) -> str:
     """The unique name that owns ``name`` now (the broker's connection)."""
-    reply = await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="GetNameOwner",
-            signature="s",
-            body=[name],
-        )
-    )
+    reply = await bus.call(to_bus_daemon("GetNameOwner", "s", [name]))
     assert reply is not None
     assert reply.message_type == MessageType.METHOD_RETURN, reply.body
     return str(reply.body[0])

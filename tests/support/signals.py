@@ -11,6 +11,8 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from pnpbroker.busconn import to_bus_daemon
+
 MATCH = "type='signal',sender='org.pnp.Broker',interface='org.pnp.Broker1'"
 
 Signal = tuple[str, list[Any]]  # member, body
@@ -47,16 +49,7 @@ class Signals:
     async def _connect(self) -> None:
         bus = await MessageBus(bus_address=self.address, bus_type=BusType.SYSTEM).connect()
         bus.add_message_handler(self._on_message)
-        await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[MATCH],
-            )
-        )
+        await bus.call(to_bus_daemon("AddMatch", "s", [MATCH]))
         self._bus = bus
 
     def _on_message(self, msg: Message) -> None:
