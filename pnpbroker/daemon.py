@@ -1,18 +1,16 @@
-"""The broker core: wires source -> journal -> sequencer -> publisher, and keeps the bus up.
+"""The broker core: wires reader -> journal -> sequencer -> publisher, and keeps the bus up.
 
-One asyncio loop. The reader drains the source in its ``add_reader`` callback and journals each
-batch in one transaction before anything else happens to it. The sequencer and the publisher run
-as tasks. The bus keeper reconnects when the bus goes away; meanwhile events are still read,
-journalled and handled, and published once a link is back.
+One asyncio loop. The reader (pnpbroker.reader) drains the source in its ``add_reader``
+callback and journals each batch before anything else happens to it. The sequencer and the
+publisher run as tasks. The bus keeper reconnects when the bus goes away; meanwhile events
+are still read, journalled and handled, and published once a link is back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +20,6 @@ from dbus_fast.errors import DBusError
 from pnpbroker import names
 from pnpbroker.busconn import BusLink, NameTaken
 from pnpbroker.config import Config
-from pnpbroker.errors import ForgedSender, MalformedUevent
 from pnpbroker.hotplug import ProgramRunner
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import make_handler
@@ -30,21 +27,18 @@ from pnpbroker.notify import sd_notify
 from pnpbroker.output import Output
 from pnpbroker.polkit import Authority, NotAuthorized
 from pnpbroker.publisher import Publisher
+from pnpbroker.reader import Reader
 from pnpbroker.resync import Resync, trigger_in_thread
 from pnpbroker.sequencer import Sequencer
 from pnpbroker.service import BrokerInterface
-from pnpbroker.sources import Overflow, Source, check
-from pnpbroker.uevent import Uevent
+from pnpbroker.sources import Source
 
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
-JOURNAL_RETRY_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
-#: Counters always present in the Statistics property (others appear when they first count).
+#: Counters always present in the Statistics property, zero until something happens.
 COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
-#: Log the first N of each kind of rejected datagram, then one in every M.
-_LOG_FIRST, _LOG_EVERY = 10, 1000
 
 
 class Broker:
@@ -65,7 +59,14 @@ class Broker:
         self.reload_hook: Callable[[], Config] | None = None
         self.output: Output | None = None
         self.resync = Resync()
-        self._unrecorded: list[tuple[Uevent, bytes]] = []
+        self.reader = Reader(
+            source,
+            journal,
+            self.stats,
+            on_recorded=self.sequencer.notify,
+            on_overflow=self._lost,
+            on_end=self._reader_ended,
+        )
         self._stop = asyncio.Event()
         self._progress = asyncio.Event()
         self._ready = False
@@ -115,67 +116,17 @@ class Broker:
         )
         return stats
 
-    # The reader.
-    def _on_readable(self) -> None:
-        try:
-            items = self.source.read_batch()
-        except OSError as exc:
-            log.error("cannot read the event source: %s; stopping", exc)
-            self._fail()
-            return
-        accepted: list[tuple[Uevent, bytes]] = []
-        for item in items:
-            if isinstance(item, Overflow):
-                self._record(accepted)  # read before the overflow: EventsLost names what follows
-                accepted = []
-                self._lost()
-                continue
-            try:
-                accepted.append((check(item), item.data))
-            except ForgedSender as exc:
-                self._reject("forged", exc, item.where)
-            except MalformedUevent as exc:
-                self._reject("malformed", exc, item.where)
-        self._record(accepted)
-        if self.source.eof:
-            asyncio.get_running_loop().remove_reader(self.source.fileno())
+    # What the reader hands up.
+    def _reader_ended(self, eof: bool) -> None:
+        if eof:
             asyncio.get_running_loop().create_task(self._finish_stream())
-
-    def _record(self, accepted: list[tuple[Uevent, bytes]]) -> None:
-        """Journal a batch; if the journal cannot take it, stop reading until it can."""
-        self.stats["received"] += len(accepted)
-        pending = self._unrecorded
-        if not pending and not accepted:
-            return
-        pending.extend(accepted)
-        try:
-            self.journal.append([event for event, _ in pending], [raw for _, raw in pending])
-        except sqlite3.Error as exc:
-            log.error(
-                "cannot journal %d events (%s); pausing reading, the kernel queues meanwhile",
-                len(self._unrecorded),
-                exc,
-            )
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(self.source.fileno())
-            loop.call_later(JOURNAL_RETRY_SECONDS, self._retry_record)
-            return
-        pending.clear()
-        self.sequencer.notify()
-
-    def _retry_record(self) -> None:
-        if self._stop.is_set():
-            return
-        self._record([])
-        if not self._unrecorded:
-            log.info("journal writable again; reading resumes")
-            asyncio.get_running_loop().add_reader(self.source.fileno(), self._on_readable)
+        else:
+            self._fail()
 
     def _fail(self) -> None:
         """Stop with the system-error exit code."""
         self.exit_code = 111
-        with contextlib.suppress(ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(self.source.fileno())
+        self.reader.stop()
         self.stop()
 
     def _stage_died(self, task: asyncio.Task[Any]) -> None:
@@ -185,14 +136,6 @@ class Broker:
         exc = task.exception()
         log.error("%s stopped unexpectedly: %r; stopping", task.get_name(), exc)
         self._fail()
-
-    def _reject(self, kind: str, exc: Exception, where: str) -> None:
-        key = f"rejected_{kind}"
-        self.stats[key] += 1
-        count = self.stats[key]
-        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
-            at = f" at {where}" if where else ""
-            log.warning("rejected %s datagram%s (%d so far): %s", kind, at, count, exc)
 
     def _lost(self) -> None:
         self.stats["overflows"] += 1
@@ -309,7 +252,7 @@ class Broker:
         backlog = self.journal.last - self.journal.published
         if backlog:
             log.info("resuming: %d journalled events not yet published", backlog)
-        loop.add_reader(self.source.fileno(), self._on_readable)
+        self.reader.start()
         tasks = [
             loop.create_task(self.sequencer.run(), name="sequencer"),
             loop.create_task(self.publisher.run(), name="publisher"),
@@ -325,8 +268,7 @@ class Broker:
     async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
         sd_notify("STOPPING=1")
         log.info("stopping: finishing the running program")
-        with contextlib.suppress(ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(self.source.fileno())
+        self.reader.stop()
         sequencer, publisher, *others = tasks
         self.sequencer.stop()
         await sequencer

@@ -1,0 +1,126 @@
+"""The reader: drains the event source into the journal, whenever the source is readable.
+
+It runs in the loop's ``add_reader`` callback, so a running legacy program never keeps it from
+draining the kernel socket. Each batch is admitted (:func:`pnpbroker.sources.check`) and
+recorded in one transaction before anything else happens to it. Rejected datagrams are counted
+and logged (the first few of each kind, then one in a thousand); an overflow is handed up after
+what was read before it is recorded; a journal that cannot take a batch pauses reading (the
+kernel keeps queueing) and is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+
+from pnpbroker.errors import ForgedSender, MalformedUevent
+from pnpbroker.journal import Journal
+from pnpbroker.sources import Overflow, Source, check
+from pnpbroker.uevent import Uevent
+
+log = logging.getLogger(__name__)
+
+JOURNAL_RETRY_SECONDS = 1.0
+#: Log the first N of each kind of rejected datagram, then one in every M.
+_LOG_FIRST, _LOG_EVERY = 10, 1000
+
+Accepted = tuple[Uevent, bytes]
+
+
+class Reader:
+    """Source -> checks -> journal; calls back when events were recorded, lost, or it ended."""
+
+    def __init__(
+        self,
+        source: Source,
+        journal: Journal,
+        stats: Counter[str],
+        *,
+        on_recorded: Callable[[], None],
+        on_overflow: Callable[[], None],
+        on_end: Callable[[bool], None],
+    ) -> None:
+        self.source = source
+        self.journal = journal
+        self.stats = stats
+        self.on_recorded = on_recorded
+        self.on_overflow = on_overflow
+        self.on_end = on_end  # True: the stream ended; False: the source failed
+        self._unrecorded: list[Accepted] = []
+        self._stopped = False
+
+    def start(self) -> None:
+        asyncio.get_running_loop().add_reader(self.source.fileno(), self._on_readable)
+
+    def stop(self) -> None:
+        self._stopped = True
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.source.fileno())
+
+    def _on_readable(self) -> None:
+        try:
+            items = self.source.read_batch()
+        except OSError as exc:
+            log.error("cannot read the event source: %s; stopping", exc)
+            self.stop()
+            self.on_end(False)
+            return
+        accepted: list[Accepted] = []
+        for item in items:
+            if isinstance(item, Overflow):
+                self._record(accepted)  # read before the overflow: EventsLost names what follows
+                accepted = []
+                self.on_overflow()
+                continue
+            try:
+                accepted.append((check(item), item.data))
+            except ForgedSender as exc:
+                self._reject("forged", exc, item.where)
+            except MalformedUevent as exc:
+                self._reject("malformed", exc, item.where)
+        self._record(accepted)
+        if self.source.eof:
+            self.stop()
+            self.on_end(True)
+
+    def _record(self, accepted: list[Accepted]) -> None:
+        """Journal a batch; if the journal cannot take it, stop reading until it can."""
+        self.stats["received"] += len(accepted)
+        pending = self._unrecorded
+        if not pending and not accepted:
+            return
+        pending.extend(accepted)
+        try:
+            self.journal.append([event for event, _ in pending], [raw for _, raw in pending])
+        except sqlite3.Error as exc:
+            log.error(
+                "cannot journal %d events (%s); pausing reading, the kernel queues meanwhile",
+                len(pending),
+                exc,
+            )
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self.source.fileno())
+            loop.call_later(JOURNAL_RETRY_SECONDS, self._retry)
+            return
+        pending.clear()
+        self.on_recorded()
+
+    def _retry(self) -> None:
+        if self._stopped:
+            return
+        self._record([])
+        if not self._unrecorded:
+            log.info("journal writable again; reading resumes")
+            self.start()
+
+    def _reject(self, kind: str, exc: Exception, where: str) -> None:
+        key = f"rejected_{kind}"
+        self.stats[key] += 1
+        count = self.stats[key]
+        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+            at = f" at {where}" if where else ""
+            log.warning("rejected %s datagram%s (%d so far): %s", kind, at, count, exc)
