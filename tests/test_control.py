@@ -111,6 +111,40 @@ async def test_root_reloads_the_configuration(
         assert [line for line in ran(tmp_path) if "rel0" in line] == ["B net rel0"]
 
 
+def busctl_call(bus: SystemBus, member: str, *args: str, user: list[str] | None = None) -> str:
+    """Call a broker method with busctl (it can build a{sv} arguments); return its output."""
+    command = [
+        *(user or []), "busctl", f"--address={bus.address}", "call", BUS_NAME, OBJECT_PATH,
+        INTERFACE, member, *args,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    return done.stdout + done.stderr
+
+
+TRIGGER_NET = ("a{sv}", "1", "subsystems", "as", "1", "net")
+
+
+async def test_root_triggers_and_nobody_may_not(
+    system_bus: SystemBus, netns: NetNS, broker: BrokerProcess, tmp_path: Path
+) -> None:
+    netns.add_ifbs(["trg0"])
+    wait_until(lambda: any("A net trg0" in line for line in ran(tmp_path)), "program run")
+    async with Polkitd(system_bus.address):
+        denied = busctl_call(system_bus, "Trigger", *TRIGGER_NET, user=NOBODY)
+        assert "not authorized for org.pnp.Broker.trigger" in denied
+        reply = busctl_call(system_bus, "Trigger", *TRIGGER_NET).split()
+        assert reply[0] == "su", reply
+        uuid, count = reply[1].strip('"'), int(reply[2])
+        assert count == 2, "the namespace's net devices: lo and trg0"
+        wait_until(
+            lambda: sum(line.startswith("A net ") for line in ran(tmp_path)) >= 3,
+            "re-announced devices run the program",
+        )
+    announced = [line for line in ran(tmp_path) if line.startswith("A net ")]
+    assert sorted(announced[-2:]) == ["A net lo", "A net trg0"]
+    assert len(uuid) == 36
+
+
 async def test_nobody_is_denied_but_may_read(system_bus: SystemBus, broker: BrokerProcess) -> None:
     async with Polkitd(system_bus.address):
         for member in ("Pause", "Resume", "Reload"):
