@@ -29,8 +29,8 @@ Values = dict[str, float]
 class Config:
     """Sizes of one run (``--quick`` makes them small)."""
 
-    burst_links: int = 5000
-    steady_links: int = 2000
+    burst_links: int = 3000
+    steady_links: int = 1000
     steady_rate: float = 2000.0
     ceiling_links: int = 5000
     spawn_count: int = 3000
