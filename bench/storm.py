@@ -2,7 +2,7 @@
 
 The events are real kernel uevents: ``change <uuid>`` written ``storm_events`` times into the
 ``uevent`` file of one ifb link in a fresh namespace (``python -m bench.storm write``, run inside
-it), as fast as a Python loop can write (~20,000/s here, faster than links can be made), so the
+it), as fast as a Python loop can write (faster than links can be made), so the
 kernel queues them in the broker's socket while the broker runs ``sleep5ms`` (C, ``nanosleep``
 of 5 ms) for each one, strictly serially. Figures:
 
