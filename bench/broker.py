@@ -1,11 +1,12 @@
-"""The broker's half of each comparison: the slots the table leaves open until they can be measured.
+"""The broker's half of each comparison: throughput, latency, the legacy path, idle.
 
 Each ``broker_*`` function runs one repetition and returns named values (keys as in
-``bench.run.FIGURES``), or raises ``BrokerPending`` when the broker cannot be measured yet; the
-table then says "not measured (broker side pending)". ``running_broker`` starts the broker the
+``bench.figures``), or raises ``BrokerPending`` when the broker cannot be measured here; the
+table then says why. ``running_broker`` starts the broker the
 way the tests do: ``python -m pnpbroker run --state-dir DIR --no-program`` inside the namespace,
 on a private bus given by DBUS_SYSTEM_BUS_ADDRESS, ready when it sends READY=1 on NOTIFY_SOCKET.
 Its Event signals are counted by ``bench.ceiling subscribe``, the same reader as for the ceiling.
+The storm and coldplug live in ``bench.storm`` and ``bench.coldplug``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import events, harness
+from bench import events, harness, spawn
 from bench.dbusbus import private_bus
 from bench.measures import Config, Values, idle_usage, ms, subscriber_argv
 
@@ -29,18 +30,6 @@ BROKER_ARGV = [sys.executable, "-m", "pnpbroker", "run"]
 
 class BrokerPending(Exception):
     """The broker side of this figure cannot be measured (yet); the reason says why."""
-
-
-def broker_available() -> bool:
-    """True once ``python -m pnpbroker run --help`` works, i.e. the broker has a run command."""
-    probe = [*BROKER_ARGV, "--help"]
-    done = subprocess.run(probe, capture_output=True, cwd=harness.REPO, env=harness.python_env())
-    return done.returncode == 0
-
-
-def _require_broker() -> None:
-    if not broker_available():
-        raise BrokerPending("broker side pending")
 
 
 def _wait_notify(sock: socket.socket, proc: subprocess.Popen[bytes], limit: float) -> None:
@@ -83,12 +72,14 @@ def running_broker(
 
 
 @contextlib.contextmanager
-def broker_setup() -> Iterator[tuple[events.Netns, str, subprocess.Popen[bytes]]]:
+def broker_setup(
+    args: tuple[str, ...] = ("--no-program",),
+) -> Iterator[tuple[events.Netns, str, subprocess.Popen[bytes]]]:
     """A fresh namespace, a private bus and a ready broker (no legacy program) in them."""
     with (
         events.netns() as ns,
         private_bus() as address,
-        running_broker(ns, address, ["--no-program"]) as proc,
+        running_broker(ns, address, list(args)) as proc,
     ):
         yield ns, address, proc
 
@@ -99,16 +90,17 @@ def broker_throughput(cfg: Config) -> Values:
     Drain: the broker is SIGSTOPped while the burst queues in its netlink socket, then resumed;
     the rate is counted at the subscriber. Compared with the D-Bus ceiling and the netlink peer.
     """
-    _require_broker()
     live, kernel = _broker_burst(cfg, False)
     drain, _ = _broker_burst(cfg, True)
     return {"broker.live": live, "broker.kernel": kernel, "broker.drain": drain}
 
 
-def _broker_burst(cfg: Config, paused: bool) -> tuple[float, float]:
+def _broker_burst(
+    cfg: Config, paused: bool, links: int = 0, args: tuple[str, ...] = ("--no-program",)
+) -> tuple[float, float]:
     """(events/s at the subscriber, events/s the kernel made) for one burst."""
-    links = cfg.burst_links
-    with broker_setup() as (ns, address, proc):
+    links = links or cfg.burst_links
+    with broker_setup(args) as (ns, address, proc):
         reader = harness.Reader(subscriber_argv(address, links, ready_on_match=False))
         harness.wait_ready(ns, [reader])
         if paused:
@@ -125,7 +117,6 @@ def _broker_burst(cfg: Config, paused: bool) -> tuple[float, float]:
 def broker_latency(cfg: Config) -> Values:
     """p50/p99 kernel -> D-Bus client at the steady rate (vs line send time) and in a burst
     (vs a minimal netlink reader in the namespace, per SEQNUM)."""
-    _require_broker()
     out: Values = {}
     with broker_setup() as (ns, address, _proc):
         links = cfg.steady_links
@@ -151,7 +142,6 @@ def broker_latency(cfg: Config) -> Values:
 
 def broker_idle(cfg: Config) -> Values:
     """RSS (MB) and CPU (% of a core) of a ready broker with nothing to do, over idle_seconds."""
-    _require_broker()
     with broker_setup() as (_ns, _address, proc):
         usage = idle_usage(proc.pid, cfg.idle_seconds)
     return {"broker.idle.rss": usage["rss"], "broker.idle.cpu": usage["cpu"]}
@@ -160,18 +150,9 @@ def broker_idle(cfg: Config) -> Values:
 def broker_legacy(cfg: Config) -> Values:
     """Events/s with /bin/true as the legacy program (beside the spawn loop, ``spawn.python``).
 
-    Needs the broker's flag for the program (and one spawn per event, serially): pending.
+    The broker (``-p /bin/true``) is SIGSTOPped while ``legacy_links`` link adds queue in its
+    socket, then resumed: events/s from then until the last Event signal reaches the subscriber,
+    so every event is read, journalled, run through /bin/true, recorded and published.
     """
-    raise BrokerPending("broker side pending")
-
-
-def broker_storm(cfg: Config) -> Values:
-    """``storm_events`` events with a 5 ms program: kernel overflows, events lost, peak RSS,
-    time to drain (beside ``storm.floor``). Needs the program flag and the Statistics property."""
-    raise BrokerPending("broker side pending")
-
-
-def coldplug(cfg: Config) -> Values:
-    """Devices/s of ``pnpbroker trigger --settle`` over the whole /sys (beside udevadm's
-    enumeration of the same devices). Needs the trigger command: pending."""
-    raise BrokerPending("broker side pending")
+    rate, _ = _broker_burst(cfg, True, cfg.legacy_links, ("-p", spawn.PROGRAM))
+    return {"broker.legacy": rate}

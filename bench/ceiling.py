@@ -5,11 +5,13 @@ speaks the ``bench.peers`` protocol, so it counts the broker's signals and the e
 (the SEQNUM, ACTION and DEVPATH come from the signal's properties).
 
 ``python -m bench.ceiling emit`` is the ceiling: dbus-fast sending the same signal shape
-(``tsssa{ss}a{sv}`` on /org/pnp/Broker) as fast as it can. dbus-fast treats EAGAIN on a send as
-fatal (python-dbus-next issue 153), so it is flow-controlled like the broker must be: after every
-128 signals it sends an ``org.freedesktop.DBus.Peer.Ping`` to the bus daemon and keeps at most
-2 such windows in flight; a Ping's reply means every signal before it reached the daemon. That
-alone is not enough: see ``emit`` on the socket's send buffer.
+(``tsssa{ss}a{sv}`` on /org/pnp/Broker) as fast as it can, flow-controlled exactly as the
+broker's publisher is and with the broker's own transport (``pnpbroker.busconn.BusLink``): a
+window of 128 signals marshalled into one buffer and written with one write, then a ``GetId``
+round trip to the bus daemon as the barrier (its reply means the daemon has read every signal
+before it), at most 4 windows in flight; ``EAGAIN`` on the socket means "wait for writable"
+(dbus-fast alone would drop the connection). No journal, no handler stage, no name owned: what
+is left is the bus itself, so broker / ceiling says what the broker's own work costs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
 import sys
 import time
 from collections import deque
@@ -29,11 +30,12 @@ from dbus_fast.aio import MessageBus
 
 from bench.events import NET_DIR, PREFIX
 from bench.peers import Collector
-from pnpbroker.names import EVENT_SIGNATURE, INTERFACE, OBJECT_PATH
+from pnpbroker import publisher
+from pnpbroker.busconn import BusLink
+from pnpbroker.names import EVENT_SIGNATURE, INTERFACE
 
-WINDOW = 128
-WINDOWS_IN_FLIGHT = 2
-SNDBUF = 4 * 1024 * 1024
+WINDOW = publisher.WINDOW
+WINDOWS_IN_FLIGHT = publisher.MAX_BARRIERS
 # Padding that makes an event look like a USB device's (10 keys in all), for the --keys 10 variant.
 _USB_LIKE = {
     "MAJOR": "189",
@@ -68,37 +70,19 @@ def bodies(links: int, ten_keys: bool) -> list[list[Any]]:
     return out
 
 
-def _ping() -> Message:
-    return Message(
-        destination="org.freedesktop.DBus",
-        path="/org/freedesktop/DBus",
-        interface="org.freedesktop.DBus.Peer",
-        member="Ping",
-    )
-
-
-async def emit(
-    address: str, links: int, ten_keys: bool, window: int, in_flight: int, sndbuf: int
-) -> dict[str, float]:
-    """Send every body as an Event signal, flow-controlled; return start and end times.
-
-    At most ``in_flight`` windows of ``window`` signals are unacknowledged at any time. Each
-    signal is one send() and so one skb on the unix socket: a default send buffer (212992 bytes)
-    holds only ~167 of them whatever their size, so 2 x 128 needs ``sndbuf`` raised.
-    """
+async def emit(address: str, links: int, ten_keys: bool) -> dict[str, float]:
+    """Send every body as an Event signal the way the publisher does; return start and end."""
     bus = await MessageBus(bus_address=address).connect()
-    if sndbuf and bus._sock is not None:
-        bus._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    pending: deque[asyncio.Future[Message]] = deque()
+    link = BusLink(bus)  # the broker's transport: one write per window, EAGAIN waits
+    barriers: deque[asyncio.Future[Message]] = deque()
+    all_bodies = bodies(links, ten_keys)
     start = time.monotonic()
-    for n, body in enumerate(bodies(links, ten_keys)):
-        if n % window == 0 and len(pending) >= in_flight:
-            await pending.popleft()
-        bus.send(Message.new_signal(OBJECT_PATH, INTERFACE, "Event", EVENT_SIGNATURE, body))
-        if n % window == window - 1:
-            pending.append(asyncio.ensure_future(bus.call(_ping())))
-    pending.append(asyncio.ensure_future(bus.call(_ping())))
-    for future in pending:
+    for first in range(0, len(all_bodies), WINDOW):
+        link.emit_many("Event", EVENT_SIGNATURE, all_bodies[first : first + WINDOW])
+        barriers.append(link.barrier())
+        while len(barriers) >= WINDOWS_IN_FLIGHT:
+            await barriers.popleft()
+    for future in barriers:
         await future
     end = time.monotonic()
     bus.disconnect()
@@ -147,14 +131,10 @@ def main() -> None:
     parser.add_argument("--links", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--ten-keys", action="store_true", help="pad properties to 10 keys")
-    parser.add_argument("--window", type=int, default=WINDOW, help="signals per Ping")
-    parser.add_argument("--in-flight", type=int, default=WINDOWS_IN_FLIGHT, help="windows")
-    parser.add_argument("--sndbuf", type=int, default=SNDBUF, help="SO_SNDBUF, 0 = default")
     parser.add_argument("--ready-on-match", action="store_true", help="READY without a probe")
     args = parser.parse_args()
     if args.mode == "emit":
-        flow = (args.window, args.in_flight, args.sndbuf)
-        times = asyncio.run(emit(args.address, args.links, args.ten_keys, *flow))
+        times = asyncio.run(emit(args.address, args.links, args.ten_keys))
         sys.stdout.write(json.dumps(times) + "\n")
     else:
         asyncio.run(subscribe(args.address, args.links, args.timeout, args.ready_on_match))

@@ -66,7 +66,11 @@ class Netns:
 
     def delete_links(self) -> None:
         """Remove every link this module made (one ``link del group 7``)."""
-        subprocess.run(["ip", "-n", self.name, "link", "del", "group", str(GROUP)], check=False)
+        subprocess.run(
+            ["ip", "-n", self.name, "link", "del", "group", str(GROUP)],
+            check=False,
+            capture_output=True,
+        )
 
     def add_probe(self) -> None:
         """Make the probe link whose ``add`` tells a reader's owner that the reader listens."""

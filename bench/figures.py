@@ -1,8 +1,10 @@
 """Every figure the table shows, grouped by the measurement that yields it.
 
 A ``Measurement`` runs once per repetition and returns values by key; each ``Figure`` names one
-key and, in ``versus``, the peer or limit it is set against. The broker's measurements live in
-``bench.broker`` and raise ``BrokerPending`` until they can run: their rows then say so.
+key and, in ``versus``, the peer or limit it is set against. ``once`` runs it in the first round
+only (the storm: ~10 minutes by itself); ``alongside`` names a measurement to run it beside, in a
+thread, all its repetitions back to back (the idle figures, which count only the idle process's
+own CPU time and memory, are measured while the storm runs instead of taking minutes of their own).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import broker, measures
+from bench import broker, coldplug, measures, storm
 from bench.measures import Config, Values
 
 
@@ -31,6 +33,8 @@ class Measurement:
     name: str
     run: Callable[[Config], Values]
     figures: tuple[Figure, ...]
+    once: bool = False
+    alongside: str | None = None
 
 
 def _reader(kind: str, label: str) -> Measurement:
@@ -102,7 +106,6 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         (
             Figure("spawn.python", "spawn limit: Python posix_spawn+waitpid /bin/true", "/s"),
             Figure("spawn.c", "spawn loop in C (context)", "/s", "spawn.python"),
-            Figure("storm.floor", "storm floor: N x (5 ms + spawn cost), computed", "s"),
         ),
     ),
     Measurement(
@@ -112,12 +115,15 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     ),
     Measurement(
         "broker storm",
-        broker.broker_storm,
+        storm.broker_storm,
         (
+            Figure("storm.floor", "storm floor: N / spawns/s of the 5 ms program", "s"),
             Figure("broker.storm.drain", "storm: time to drain", "s", "storm.floor"),
-            Figure("broker.storm.lost", "storm: events lost (kernel overflow + gaps)", "n"),
-            Figure("broker.storm.rss", "storm: broker peak RSS", "MB"),
+            Figure("broker.storm.overflows", "storm: kernel overflows (Statistics)", "n"),
+            Figure("broker.storm.lost", "storm: events lost (not published, gaps, repeats)", "n"),
+            Figure("broker.storm.rss", "storm: broker peak RSS (VmHWM)", "MB"),
         ),
+        once=True,
     ),
     Measurement(
         "idle client",
@@ -126,6 +132,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
             Figure("idle.client.rss", "idle dbus-fast client with a match: RSS", "MB"),
             Figure("idle.client.cpu", "idle dbus-fast client: CPU", "%"),
         ),
+        alongside="broker storm",
     ),
     Measurement(
         "broker idle",
@@ -134,24 +141,26 @@ MEASUREMENTS: tuple[Measurement, ...] = (
             Figure("broker.idle.rss", "idle broker: RSS", "MB", "idle.client.rss"),
             Figure("broker.idle.cpu", "idle broker: CPU", "%"),
         ),
+        alongside="broker storm",
     ),
     Measurement(
         "coldplug",
-        measures.coldplug_enumeration,
+        coldplug.coldplug,
         (
-            Figure("coldplug.devices", "devices in /sys (uevent files udevadm finds)", "n"),
+            Figure("coldplug.devices", "devices in /sys (pnpbroker trigger --dry-run)", "n"),
             Figure("coldplug.udevadm", "udevadm trigger --dry-run: devices/s", "dev/s"),
-        ),
-    ),
-    Measurement(
-        "broker coldplug",
-        broker.coldplug,
-        (
+            Figure("coldplug.shell", "shell loop `echo add >` every uevent file: files/s", "/s"),
             Figure(
                 "broker.coldplug",
                 "pnpbroker trigger --settle: devices/s",
                 "dev/s",
-                "coldplug.udevadm",
+                "coldplug.shell",
+            ),
+            Figure(
+                "broker.coldplug.time",
+                "pnpbroker trigger --settle: time to settle",
+                "s",
+                "coldplug.shell.time",
             ),
         ),
     ),

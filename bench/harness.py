@@ -138,6 +138,13 @@ def wait_ready(ns: Netns | None, readers: list[Reader], limit: float = 30.0) -> 
     raise TimeoutError("readers not ready: " + " ".join(str(r.argv) for r in readers))
 
 
+def run_checked(argv: list[str]) -> None:
+    """Run a bench helper (repo importable) to its end; raise with its stderr if it fails."""
+    done = subprocess.run(argv, cwd=REPO, env=python_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+
+
 def collect(readers: list[Reader], timeout: float) -> list[Result]:
     """Every reader's result; readers are stopped in any case."""
     try:

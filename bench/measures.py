@@ -29,14 +29,14 @@ Values = dict[str, float]
 class Config:
     """Sizes of one run (``--quick`` makes them small)."""
 
-    burst_links: int = 5000
-    steady_links: int = 2000
+    burst_links: int = 3000
+    steady_links: int = 1000
     steady_rate: float = 2000.0
     ceiling_links: int = 5000
     spawn_count: int = 3000
     idle_seconds: float = 60.0
+    legacy_links: int = 1000
     storm_events: int = 100_000
-    storm_program_seconds: float = 0.005
     udevadm: Path | None = None
 
     def peer_env(self) -> dict[str, str]:
@@ -133,9 +133,6 @@ def spawn_limit(cfg: Config) -> Values:
     c_rate = spawn.c_loop(cfg.spawn_count)
     if c_rate is not None:
         out["spawn.c"] = c_rate
-    # The storm's floor: every event runs a program of storm_program_seconds, serially.
-    per_event = cfg.storm_program_seconds + 1.0 / out["spawn.python"]
-    out["storm.floor"] = cfg.storm_events * per_event
     return out
 
 
@@ -168,15 +165,3 @@ def idle_subscriber(cfg: Config) -> Values:
         finally:
             reader.stop()
     return {"idle.client.rss": usage["rss"], "idle.client.cpu": usage["cpu"]}
-
-
-def coldplug_enumeration(cfg: Config) -> Values:
-    """Devices/s that ``udevadm trigger --dry-run`` enumerates in /sys (no events are made)."""
-    if cfg.udevadm is None:
-        return {}
-    argv = [str(cfg.udevadm), "trigger", "--dry-run", "--verbose", "--action=add"]
-    start = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, check=True)
-    elapsed = time.monotonic() - start
-    devices = len(out.stdout.splitlines())
-    return {"coldplug.udevadm": devices / elapsed, "coldplug.devices": float(devices)}

@@ -31,9 +31,26 @@ the reader's Python code on CLOCK_MONOTONIC, so it includes ip and the kernel ma
 netlink listener's figure is that floor). *burst latency*: per SEQNUM, after a minimal netlink
 reader running alongside in the same namespace. *D-Bus ceiling*: a bare dbus-fast emitter sends
 the same `Event` signals (`tsssa{{ss}}a{{sv}}`, the real keys of those uevents) to a subscriber
-on a private dbus-daemon, flow-controlled by a `Peer.Ping` every 128 signals, 2 windows in flight,
-SO_SNDBUF 4 MiB; events/s from the first to the last signal received. *spawn limit*: a tight
-`os.posix_spawn`+`os.waitpid` loop of `/bin/true net` with a uevent's environment (8 keys).
+on a private dbus-daemon, flow-controlled exactly as the broker's publisher (its own `BusLink`):
+128 signals marshalled into one buffer and sent with one write, a `GetId` round trip to the bus
+daemon as the barrier after each window, at most 4 windows in flight, EAGAIN = wait for writable;
+events/s from the first to the last signal received. *spawn limit*: a tight
+`os.posix_spawn`+`os.waitpid` loop of `/bin/true net` with a uevent's environment (8 keys) and
+the broker's spawn attributes (stdin /dev/null, stdout/stderr to a pipe, own process group).
+*legacy*: the broker with `-p /bin/true`, SIGSTOPped while {legacy} link adds queue, then
+resumed: events/s until the last signal. *storm*: {storm} `change <uuid>` writes into one ifb
+link's `uevent` file in the broker's namespace (real kernel uevents, as fast as Python writes
+them) while the program (`bench/sleep5ms.c`: C, `nanosleep` 5 ms) runs for each event, serially;
+overflows = the broker's `Statistics["overflows"]`; lost = storm events never signalled + gaps +
+repeats in the published sequence; peak RSS = VmHWM; drain = first write to last signal, beside
+N / spawns/s of the same 5 ms program in the Python spawn loop. It runs once (about 10 minutes);
+the two *idle* measurements (RSS and CPU over {idle:.0f} s, 3 times) run alongside it: they count
+only the idle process's own CPU time and memory. *coldplug*: inside a fresh namespace with a
+broker (no program), `pnpbroker trigger --settle` timed as a command (interpreter start
+included) beside `udevadm trigger --dry-run` (enumeration only) and a `sh` loop writing `add`
+into every uevent file (the floor: no walk order, no uuid, no settle).
+The machine is shared: other sessions ran their test suites on these 2 cores during the run, so
+spreads are wide; prefer the ratios (value and peer measured in the same run).
 Ratio = value median / peer-or-limit median.
 """
 
@@ -92,7 +109,8 @@ def sizes(cfg: Config) -> str:
         f"burst {cfg.burst_links} links ({cfg.burst_links * 3} uevents), steady "
         f"{cfg.steady_links} links at {cfg.steady_rate:.0f} uevents/s, ceiling "
         f"{cfg.ceiling_links * 3} signals, spawn loop {cfg.spawn_count}, idle "
-        f"{cfg.idle_seconds:.0f} s, storm {cfg.storm_events} events"
+        f"{cfg.idle_seconds:.0f} s, legacy {cfg.legacy_links} links, "
+        f"storm {cfg.storm_events} events"
     )
 
 
@@ -119,6 +137,11 @@ def render(rows: list[list[str]], cfg: Config, args: argparse.Namespace, elapsed
             "",
             table(rows),
             "",
-            METHOD.format(rate=cfg.steady_rate),
+            METHOD.format(
+                rate=cfg.steady_rate,
+                legacy=cfg.legacy_links,
+                storm=cfg.storm_events,
+                idle=cfg.idle_seconds,
+            ),
         ]
     )

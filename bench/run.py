@@ -16,12 +16,13 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 import argparse
 import statistics
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 
 from bench import broker, report, tools
-from bench.figures import MEASUREMENTS
+from bench.figures import MEASUREMENTS, Measurement
 from bench.measures import Config
 
 
@@ -34,28 +35,51 @@ class Outcome:
 
 
 def run_all(cfg: Config, repeat: int, only: set[str] | None) -> Outcome:
-    """Every measurement ``repeat`` times, interleaved (round by round) so drift spreads evenly."""
+    """Every measurement ``repeat`` times, interleaved (round by round) so drift spreads evenly.
+
+    A ``once`` measurement runs in the first round only; ``alongside`` ones run all their
+    repetitions in a thread while their host runs (or round by round if the host is left out).
+    """
     outcome = Outcome()
+    chosen = [m for m in MEASUREMENTS if not only or m.name in only]
+    names = {m.name for m in chosen}
     for rnd in range(1, repeat + 1):
-        for m in MEASUREMENTS:
-            if (only and m.name not in only) or m.name in outcome.missing:
+        for m in chosen:
+            if m.alongside in names or (m.once and rnd > 1):
                 continue
-            if m.name in tools.MISSING:
-                outcome.missing[m.name] = f"not measured ({tools.MISSING[m.name]})"
-                continue
-            print(f"[{rnd}/{repeat}] {m.name} ...", file=sys.stderr, flush=True)
-            try:
-                values = m.run(cfg)
-            except broker.BrokerPending as exc:
-                outcome.missing[m.name] = f"not measured ({exc})"
-                continue
-            except Exception as exc:
-                traceback.print_exc()
-                outcome.missing[m.name] = f"not measured ({type(exc).__name__}: {exc})"
-                continue
-            for key, value in values.items():
-                outcome.values.setdefault(key, []).append(value)
+            guests = [g for g in chosen if g.alongside == m.name] if rnd == 1 else []
+            thread = threading.Thread(target=_guests, args=(cfg, guests, repeat, outcome))
+            thread.start()
+            _measure(cfg, m, f"[{rnd}/{repeat}]", outcome)
+            thread.join()
     return outcome
+
+
+def _guests(cfg: Config, guests: list[Measurement], repeat: int, outcome: Outcome) -> None:
+    for rnd in range(1, repeat + 1):
+        for g in guests:
+            _measure(cfg, g, f"[{rnd}/{repeat}, alongside]", outcome)
+
+
+def _measure(cfg: Config, m: Measurement, tag: str, outcome: Outcome) -> None:
+    """Run one measurement once; record its values, or why it gave none."""
+    if m.name in outcome.missing:
+        return
+    if m.name in tools.MISSING:
+        outcome.missing[m.name] = f"not measured ({tools.MISSING[m.name]})"
+        return
+    print(f"{tag} {m.name} ...", file=sys.stderr, flush=True)
+    try:
+        values = m.run(cfg)
+    except broker.BrokerPending as exc:
+        outcome.missing[m.name] = f"not measured ({exc})"
+        return
+    except Exception as exc:
+        traceback.print_exc()
+        outcome.missing[m.name] = f"not measured ({type(exc).__name__}: {exc})"
+        return
+    for key, value in values.items():
+        outcome.values.setdefault(key, []).append(value)
 
 
 def rows(outcome: Outcome) -> list[list[str]]:
@@ -89,8 +113,9 @@ def config(quick: bool) -> Config:
             steady_links=500,
             ceiling_links=2000,
             spawn_count=500,
+            legacy_links=200,
             idle_seconds=5.0,
-            storm_events=10_000,
+            storm_events=2_000,
             udevadm=udevadm,
         )
     return Config(udevadm=udevadm)
