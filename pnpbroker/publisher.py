@@ -1,8 +1,8 @@
 """The publisher stage: handled events become Event signals, in order, acknowledged by the bus.
 
 It reads handled-but-unpublished records from the journal and emits them on the current bus link.
-Every ``WINDOW`` signals (and whenever it runs out of work) it sends a barrier, a ``GetId`` round
-trip to the bus daemon; a barrier's reply moves the journal's ``published`` cursor. At most two
+Every ``WINDOW`` signals (and in a quiet moment) it sends a barrier, a ``GetId`` round
+trip to the bus daemon; a barrier's reply moves the journal's ``published`` cursor. At most four
 barriers are outstanding, which bounds memory and keeps the socket from overflowing. If the link
 dies, what was not acknowledged is sent again on the next link: subscribers drop repeats by
 sequence.
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 WINDOW = 128
 #: Windows in flight at most (the oldest is awaited before another is sent).
 MAX_BARRIERS = 4
+#: A quiet moment: no newly handled event for this long, so acknowledge what was sent.
+QUIET_SECONDS = 0.05
 
 
 class Link(Protocol):
@@ -91,12 +93,23 @@ class Publisher:
                     await self._wake.wait()
 
     async def _pump(self, link: Link) -> bool:
-        """Send everything handled, a window at a time; True once all of it is acknowledged."""
+        """Send everything handled; True once all of it is acknowledged.
+
+        Each signal goes out as soon as its event is handled; the barrier that acknowledges
+        them waits for a full window or a quiet moment, so a steady trickle (a legacy program
+        per event) costs one write per event, not a round trip.
+        """
         sent = self.journal.published
         barriers: deque[tuple[asyncio.Future[Any], int]] = deque()
+        unacked = 0
         while link is self._link:
             records = self.journal.unpublished(sent, WINDOW)
             if not records:
+                if unacked and not self._stopping and await self._more_work(QUIET_SECONDS):
+                    continue
+                if unacked:
+                    barriers.append((link.barrier(), sent))
+                    unacked = 0
                 while barriers:
                     await self._settle(barriers)
                 self.journal.flush()
@@ -107,10 +120,23 @@ class Publisher:
                 raise LinkLost(str(exc)) from exc
             sent = records[-1].sequence
             self.journal.mark_sent(sent)
-            barriers.append((link.barrier(), sent))
-            while len(barriers) >= MAX_BARRIERS:
-                await self._settle(barriers)
+            unacked += len(records)
+            if unacked >= WINDOW:
+                barriers.append((link.barrier(), sent))
+                unacked = 0
+                while len(barriers) >= MAX_BARRIERS:
+                    await self._settle(barriers)
         return False
+
+    async def _more_work(self, quiet: float) -> bool:
+        """Wait up to ``quiet`` seconds for newly handled events (or a stop, or a new link)."""
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(quiet):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _settle(self, barriers: deque[tuple[asyncio.Future[Any], int]]) -> None:
         future, through = barriers[0]

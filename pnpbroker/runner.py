@@ -19,6 +19,7 @@ from pnpbroker.errors import BrokerError, SourceError
 from pnpbroker.hotplug import event_environment
 from pnpbroker.journal import Journal
 from pnpbroker.legacy import planned
+from pnpbroker.notify import sd_notify
 from pnpbroker.output import Output
 from pnpbroker.sources import Overflow, Source, check
 from pnpbroker.sources.choose import SourceOptions, open_sources
@@ -93,6 +94,7 @@ async def _dry_run(cfg: Config, source: Source) -> int:
             stop.set()
 
     loop.add_reader(source.fileno(), readable)
+    sd_notify("READY=1\nSTATUS=dry run: printing what would run")
     await stop.wait()
     loop.remove_reader(source.fileno())
     source.close()

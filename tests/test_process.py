@@ -116,7 +116,10 @@ def _netlink_bound(pid: int) -> bool:
     """True once process ``pid`` holds a uevent netlink socket bound to group 1."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        target = os.readlink(f"/proc/{pid}/fd/{fd}") if fd.isdigit() else ""
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed since the listing: the process is still starting
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     with open(f"/proc/{pid}/net/netlink") as table:
