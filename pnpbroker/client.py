@@ -12,7 +12,7 @@ example scripts as ``examples/pnpclient.py`` (a symlink to this file): copy it i
                 print(item.sequence, item.action, item.devpath)
 
 Delivery: every event after the starting point exactly once, in sequence order. The match rule
-is added first; then the journal is replayed with ``GetEvents`` up to what the broker had sent
+is added first; then the journal is replayed with ``GetEvents`` up to where the broker was
 when the rule took effect (``LastSequence``); later events arrive as signals; repeats are
 dropped by sequence. A restarted broker or a lost bus connection is followed by the same
 replay from the last sequence accounted for. What cannot be delivered raises:
@@ -319,11 +319,11 @@ class _Link:
         return await self._call(msg)
 
     async def sequences(self) -> tuple[int, int]:
-        """(the last sequence sent when asked, the oldest held).
+        """(the last sequence when asked, the oldest held).
 
-        ``LastSequence`` counts every Event signal the broker has sent, and ``GetEvents``
-        returns all of them: what went out before our match rule took effect is there, what
-        goes out after it arrives as a signal.
+        ``LastSequence`` is at or past every Event signal the broker has sent, and
+        ``GetEvents`` returns every event up to it: what went out before our match rule took
+        effect is there, what goes out after it arrives as a signal.
         """
         (props,) = await self.broker_call(
             "org.freedesktop.DBus.Properties", "GetAll", "s", [INTERFACE]
@@ -439,7 +439,7 @@ class Subscription:
                 yield live
 
     async def _replay(self, link: _Link, generation: int) -> AsyncIterator[Event]:
-        """GetEvents from ``position`` up to what was sent once our rules were in place."""
+        """GetEvents from ``position`` up to LastSequence as it was once our rules were in place."""
         target, oldest = await link.sequences()
         if self.position is None:
             self.position = target  # "from now": every later event comes as a signal
@@ -453,7 +453,7 @@ class Subscription:
                 if exc.type == ERROR_JOURNAL_GAP:
                     raise JournalGap(self.position + 1, oldest) from exc
                 raise
-            if not events:  # sent but not returned: the journal no longer holds them
+            if not events:  # below LastSequence but not returned: the journal lost them
                 raise JournalGap(self.position + 1, oldest)
             for event in events:
                 if event.sequence != self.position + 1:

@@ -77,7 +77,7 @@ class Broker:
 
     @property
     def last_sequence(self) -> int:
-        return self.journal.sent
+        return self.journal.handled
 
     @property
     def oldest_sequence(self) -> int:

@@ -66,10 +66,12 @@ class Journal:
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.last = self._scalar("SELECT seq FROM sqlite_sequence WHERE name='events'")
-        self.handled = self._cursor("handled")
+        # The handled cursor row is saved lazily; each outcome is durable in its own row.
+        self.handled = max(
+            self._cursor("handled"),
+            self._scalar("SELECT MAX(seq) FROM events WHERE handler IS NOT NULL"),
+        )
         self.published = self._cursor("published")
-        #: Emitted on the bus at least once (not yet necessarily acknowledged): what clients see.
-        self.sent = self.published
         self._dirty = False
         self._tail: deque[Record] = deque()
 
@@ -137,14 +139,11 @@ class Journal:
         )
 
     def record_outcome(self, sequence: int, handler: Handler) -> None:
-        """Store one event's outcome and move the handled cursor past it, durably."""
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "UPDATE events SET handler=? WHERE seq=?", (json.dumps(handler), sequence)
-            )
-            self._db.execute("UPDATE cursors SET seq=? WHERE name='handled'", (sequence,))
+        """Store one event's outcome, durably: one row, one commit (the cursor follows lazily;
+        reopening finds the last outcome stored)."""
+        self._db.execute("UPDATE events SET handler=? WHERE seq=?", (json.dumps(handler), sequence))
         self.handled = sequence
+        self._dirty = True
         tail = self._tail
         if tail and 0 <= (index := sequence - tail[0].sequence) < len(tail):
             tail[index] = Record(sequence, tail[index].event, handler)
@@ -167,15 +166,10 @@ class Journal:
             limit,
         )
 
-    def mark_sent(self, through: int) -> None:
-        """Signals up to ``through`` went out; GetEvents may return them from now on."""
-        self.sent = max(self.sent, through)
-
     def mark_published(self, through: int) -> None:
         """The bus acknowledged everything up to ``through`` (saved by :meth:`flush`)."""
         if through > self.published:
             self.published = through
-            self.sent = max(self.sent, through)
             self._dirty = True
         tail = self._tail
         while tail and tail[0].sequence <= through:
@@ -194,16 +188,18 @@ class Journal:
         self._dirty = False
 
     def published_after(self, after: int, limit: int) -> list[Record]:
-        """Sent events with sequence > ``after``, oldest first: what GetEvents returns.
+        """Handled events with sequence > ``after``, oldest first: what GetEvents returns.
 
-        Bounded by what was sent, not what was acknowledged: a client that subscribed before
-        asking then misses nothing (what went out before its rule is here, the rest arrives).
+        Bounded by what is handled (final: the program's outcome is stored), not by what the
+        bus acknowledged: every signal a client may have seen is here, also after a crash, and
+        a client that subscribed before asking misses nothing (what it does not find here
+        arrives as a signal). An event may be found here a moment before its signal.
         """
         return self._records(
             "SELECT seq, uevent, handler FROM events WHERE seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ?",
             after,
-            self.sent,
+            self.handled,
             limit,
         )
 

@@ -16,7 +16,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from pnpbroker import names
-from pnpbroker.journal import Journal
+from pnpbroker.journal import Journal, Record
 from pnpbroker.service import event_body
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ WINDOW = 128
 MAX_BARRIERS = 4
 #: A quiet moment: no newly handled event for this long, so acknowledge what was sent.
 QUIET_SECONDS = 0.05
+#: How long handled events may wait for a window to fill while more are queued behind them.
+GATHER_SECONDS = 0.01
 
 
 class Link(Protocol):
@@ -49,9 +51,6 @@ class Publisher:
         self._wake = asyncio.Event()
         self._stopping = False
         self.count = 0
-        #: The highest sequence sent as a signal on any link. A client that has received a
-        #: signal may ask for it at once (GetEvents, LastSequence): the bus has not yet
-        #: acknowledged it, but it is handled and will never change.
 
     def attach(self, link: Link | None) -> None:
         """Use this link from now on (None: the bus is gone, wait for another)."""
@@ -103,7 +102,7 @@ class Publisher:
         barriers: deque[tuple[asyncio.Future[Any], int]] = deque()
         unacked = 0
         while link is self._link:
-            records = self.journal.unpublished(sent, WINDOW)
+            records = await self._gather(sent)
             if not records:
                 if unacked and not self._stopping and await self._more_work(QUIET_SECONDS):
                     continue
@@ -119,7 +118,6 @@ class Publisher:
             except Exception as exc:
                 raise LinkLost(str(exc)) from exc
             sent = records[-1].sequence
-            self.journal.mark_sent(sent)
             unacked += len(records)
             if unacked >= WINDOW:
                 barriers.append((link.barrier(), sent))
@@ -127,6 +125,21 @@ class Publisher:
                 while len(barriers) >= MAX_BARRIERS:
                     await self._settle(barriers)
         return False
+
+    async def _gather(self, sent: int) -> list[Record]:
+        """The next handled records; while more events are queued right behind them, let up to
+        a window gather for a few milliseconds: one write wakes the bus daemon and every
+        subscriber once, instead of once per event. With nothing queued, no waiting."""
+        records = self.journal.unpublished(sent, WINDOW)
+        if not records:
+            return records
+        deadline = asyncio.get_running_loop().time() + GATHER_SECONDS
+        while len(records) < WINDOW and self.journal.handled < self.journal.last:
+            left = deadline - asyncio.get_running_loop().time()
+            if self._stopping or left <= 0 or not await self._more_work(left):
+                break
+            records = self.journal.unpublished(sent, WINDOW)
+        return records
 
     async def _more_work(self, quiet: float) -> bool:
         """Wait up to ``quiet`` seconds for newly handled events (or a stop, or a new link)."""

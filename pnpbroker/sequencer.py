@@ -78,14 +78,17 @@ class Sequencer:
             await self._running.wait()
             if self._stopping:
                 break
+            if self.handler is None:  # nothing to run: all that is journalled is handled
+                if self.journal.handled < self.journal.last:
+                    self.journal.skip_handling(self.journal.last)
+                    self.on_handled()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
             records = self.journal.unhandled(PAGE)
             if not records:
                 self._wake.clear()
                 await self._wake.wait()
-                continue
-            if self.handler is None:
-                self.journal.skip_handling(records[-1].sequence)
-                self.on_handled()
                 continue
             for record in records:
                 if self._stopping or self.paused:
