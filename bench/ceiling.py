@@ -31,7 +31,7 @@ from dbus_fast.aio import MessageBus
 from bench.events import NET_DIR, PREFIX
 from bench.peers import Collector
 from pnpbroker import publisher
-from pnpbroker.busconn import BusLink
+from pnpbroker.busconn import BusLink, to_bus_daemon
 from pnpbroker.names import EVENT_SIGNATURE, INTERFACE
 
 WINDOW = publisher.WINDOW
@@ -105,16 +105,7 @@ async def subscribe(address: str, links: int, limit: float, ready_on_match: bool
 
     bus.add_message_handler(on_message)
     rule = f"type='signal',interface='{INTERFACE}',member='Event'"
-    await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[rule],
-        )
-    )
+    await bus.call(to_bus_daemon("AddMatch", "s", [rule]))
     if ready_on_match:
         collector.ready = True
         print("READY", flush=True)

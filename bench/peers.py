@@ -58,10 +58,10 @@ class Collector:
         sys.stdout.flush()
 
 
-def parse_datagram(data: bytes) -> Parsed | None:
-    """``action@devpath\\0KEY=VALUE\\0...`` into (SEQNUM, ACTION, DEVPATH); None if malformed."""
+def _parsed(fields: list[bytes]) -> Parsed | None:
+    """(SEQNUM, ACTION, DEVPATH) from ``KEY=VALUE`` fields (others skipped); None if missing."""
     props = {}
-    for field in data.split(b"\0")[1:]:
+    for field in fields:
         key, sep, value = field.partition(b"=")
         if sep:
             props[key.decode()] = value.decode(errors="replace")
@@ -69,6 +69,11 @@ def parse_datagram(data: bytes) -> Parsed | None:
         return int(props["SEQNUM"]), props["ACTION"], props["DEVPATH"]
     except (KeyError, ValueError):
         return None
+
+
+def parse_datagram(data: bytes) -> Parsed | None:
+    """``action@devpath\\0KEY=VALUE\\0...`` into (SEQNUM, ACTION, DEVPATH); None if malformed."""
+    return _parsed(data.split(b"\0")[1:])
 
 
 def netlink_source(timeout: float) -> Iterator[Parsed]:
@@ -118,15 +123,7 @@ def udevadm_source(timeout: float) -> Iterator[Parsed]:
 
 def _udevadm_block(block: bytes) -> Parsed | None:
     """One ``udevadm monitor --property`` block (header line, then KEY=VALUE lines)."""
-    props = {}
-    for line in block.split(b"\n"):
-        key, sep, value = line.partition(b"=")
-        if sep:
-            props[key.decode()] = value.decode(errors="replace")
-    try:
-        return int(props["SEQNUM"]), props["ACTION"], props["DEVPATH"]
-    except (KeyError, ValueError):
-        return None
+    return _parsed(block.split(b"\n"))
 
 
 def pyudev_source(timeout: float) -> Iterator[Parsed]:

@@ -34,6 +34,7 @@ from bench import events, harness, spawn
 from bench.broker import BrokerPending, running_broker
 from bench.dbusbus import private_bus
 from bench.measures import Config, Values
+from pnpbroker.busconn import to_bus_daemon
 from pnpbroker.names import BUS_NAME, INTERFACE, OBJECT_PATH
 
 DEVICE = "storm0"
@@ -156,16 +157,7 @@ async def subscribe(address: str, uuid: str, count: int, limit: float) -> None:
 
     bus.add_message_handler(on_message)
     rule = f"type='signal',interface='{INTERFACE}',member='Event'"
-    await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[rule],
-        )
-    )
+    await bus.call(to_bus_daemon("AddMatch", "s", [rule]))
     print("READY", flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done, limit)
