@@ -163,6 +163,14 @@ class SystemBus:
         ).stdout.split()
         return out == ["b", "true"]
 
+    def crash(self) -> None:
+        """SIGKILL the daemon, as a crash would; keep the directory so start() can follow."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+        self.socket_path.unlink(missing_ok=True)
+
     def stop(self) -> None:
         """Stop the daemon (TERM, then KILL) and remove its directory. Safe to call twice."""
         if self.process is not None:
