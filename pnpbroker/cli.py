@@ -105,7 +105,13 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pnpbroker", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="pnpbroker",
+        description="Kernel device events in order: the legacy hotplug program for each, then "
+        "a D-Bus signal (org.pnp.Broker) with a gap-free sequence.",
+        epilog="Exit codes: 0 clean stop, 1 trigger --settle timed out, 2 bad configuration, "
+        "100 usage error, 111 a system call failed.",
+    )
     parser.add_argument("--version", action="version", version=f"pnpbroker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = commands.add_parser("run", help="read kernel uevents, run the legacy program, publish")
