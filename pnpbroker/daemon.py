@@ -73,7 +73,7 @@ class Broker:
 
     # The service's view (pnpbroker.service.Core).
     def events_after(self, after: int, limit: int) -> list[Record]:
-        return self.journal.published_after(after, limit)
+        return self.journal.between(after, self.journal.handled, limit)
 
     @property
     def last_sequence(self) -> int:

@@ -153,16 +153,21 @@ class Journal:
         self.handled = max(self.handled, through)
         self._dirty = True
 
-    def unpublished(self, after: int, limit: int) -> list[Record]:
-        """Handled events with sequence > ``after``, oldest first, for the publisher."""
-        cached = self._range(after, self.handled, limit)
+    def between(self, after: int, through: int, limit: int) -> list[Record]:
+        """Records with ``after < sequence <= through``, oldest first, at most ``limit``.
+
+        Callers bound it by a cursor: the publisher and GetEvents by ``handled`` (final: the
+        program's outcome is stored; every signal a client may have seen is there, also after a
+        crash), ``--output`` by ``published``. Recent records come from memory.
+        """
+        cached = self._range(after, through, limit)
         if cached is not None:
             return cached
         return self._records(
             "SELECT seq, uevent, handler FROM events WHERE seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ?",
             after,
-            self.handled,
+            through,
             limit,
         )
 
@@ -186,22 +191,6 @@ class Journal:
                 [(self.handled, "handled"), (self.published, "published")],
             )
         self._dirty = False
-
-    def published_after(self, after: int, limit: int) -> list[Record]:
-        """Handled events with sequence > ``after``, oldest first: what GetEvents returns.
-
-        Bounded by what is handled (final: the program's outcome is stored), not by what the
-        bus acknowledged: every signal a client may have seen is here, also after a crash, and
-        a client that subscribed before asking misses nothing (what it does not find here
-        arrives as a signal). An event may be found here a moment before its signal.
-        """
-        return self._records(
-            "SELECT seq, uevent, handler FROM events WHERE seq > ? AND seq <= ? "
-            "ORDER BY seq LIMIT ?",
-            after,
-            self.handled,
-            limit,
-        )
 
     def prune(self) -> int:
         """Apply retention to published events only; return how many rows went."""

@@ -60,7 +60,7 @@ class Output:
 
     def _catch_up(self) -> None:
         while self.written < self.journal.published:
-            records = self.journal.published_after(self.written, PAGE)
+            records = self.journal.between(self.written, self.journal.published, PAGE)
             if not records:
                 break
             self._write_all(record_bytes(records))

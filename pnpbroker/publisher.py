@@ -130,7 +130,7 @@ class Publisher:
         """The next handled records; while more events are queued right behind them, let up to
         a window gather for a few milliseconds: one write wakes the bus daemon and every
         subscriber once, instead of once per event. With nothing queued, no waiting."""
-        records = self.journal.unpublished(sent, WINDOW)
+        records = self.journal.between(sent, self.journal.handled, WINDOW)
         if not records:
             return records
         deadline = asyncio.get_running_loop().time() + GATHER_SECONDS
@@ -138,7 +138,7 @@ class Publisher:
             left = deadline - asyncio.get_running_loop().time()
             if self._stopping or left <= 0 or not await self._more_work(left):
                 break
-            records = self.journal.unpublished(sent, WINDOW)
+            records = self.journal.between(sent, self.journal.handled, WINDOW)
         return records
 
     async def _more_work(self, quiet: float) -> bool:

@@ -70,9 +70,13 @@ def test_cursors_survive_reopen(tmp_path: Path) -> None:
     reopened = Journal(path)
     assert (reopened.last, reopened.handled, reopened.published) == (5, 3, 2)
     assert [r.sequence for r in reopened.unhandled(100)] == [4, 5]
-    assert [(r.sequence, r.handler) for r in reopened.unpublished(2, 100)] == [(3, {"status": 3})]
+    assert [(r.sequence, r.handler) for r in reopened.between(2, reopened.handled, 100)] == [
+        (3, {"status": 3})
+    ]
     # GetEvents returns every handled event: their outcomes are final, whatever was acknowledged.
-    assert [r.sequence for r in reopened.published_after(0, 100)] == [1, 2, 3]
+    assert [r.sequence for r in reopened.between(0, reopened.handled, 100)] == [1, 2, 3]
+    # --output writes only what the bus acknowledged.
+    assert [r.sequence for r in reopened.between(0, reopened.published, 100)] == [1, 2]
     reopened.close()
 
 
@@ -99,7 +103,7 @@ def test_retention_by_count_deletes_only_published(tmp_path: Path) -> None:
     assert journal.prune() == 4  # 1..4 go; 5 and 6 are the two kept; 7..10 are unpublished
     assert journal.oldest == 5
     assert [r.sequence for r in journal.unhandled(100)] == [7, 8, 9, 10]
-    assert [r.sequence for r in journal.published_after(0, 100)] == [5, 6]
+    assert [r.sequence for r in journal.between(0, journal.handled, 100)] == [5, 6]
     journal.close()
 
 
@@ -116,17 +120,17 @@ def test_retention_by_age_deletes_only_published(tmp_path: Path) -> None:
         db.execute("UPDATE events SET received=? WHERE seq IN (1, 2, 6)", (old,))
     assert journal.prune() == 2
     assert journal.oldest == 3
-    assert [r.sequence for r in journal.published_after(0, 100)] == [3, 4]
+    assert [r.sequence for r in journal.between(0, journal.handled, 100)] == [3, 4]
     assert [r.sequence for r in journal.unhandled(100)] == [5, 6]
     journal.close()
 
 
-def test_published_after_pages(tmp_path: Path) -> None:
+def test_between_pages(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     journal.append(_events(1, 10))
     _handle_and_publish(journal)
-    assert [r.sequence for r in journal.published_after(3, 4)] == [4, 5, 6, 7]
-    assert journal.published_after(10, 4) == []
-    records = journal.published_after(0, 1)
+    assert [r.sequence for r in journal.between(3, journal.handled, 4)] == [4, 5, 6, 7]
+    assert journal.between(10, journal.handled, 4) == []
+    records = journal.between(0, journal.handled, 1)
     assert records[0].event == _events(1, 1)[0]
     journal.close()
