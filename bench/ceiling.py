@@ -31,8 +31,9 @@ from dbus_fast.aio import MessageBus
 from bench.events import NET_DIR, PREFIX
 from bench.peers import Collector
 from pnpbroker import publisher
-from pnpbroker.busconn import BusLink, to_bus_daemon
-from pnpbroker.names import EVENT_SIGNATURE, INTERFACE
+from pnpbroker.bus.wire import EVENT_SIGNATURE, to_bus_daemon
+from pnpbroker.busconn import BusLink
+from pnpbroker.names import INTERFACE
 
 WINDOW = publisher.WINDOW
 WINDOWS_IN_FLIGHT = publisher.MAX_BARRIERS

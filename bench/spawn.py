@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.tools import compile_c
-from pnpbroker.hotplug import KERNEL_ENV
+from pnpbroker.legacy.runner import KERNEL_ENV
 
 PROGRAM = "/bin/true"
 HERE = Path(__file__).resolve().parent

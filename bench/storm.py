@@ -34,7 +34,7 @@ from bench import events, harness, spawn
 from bench.broker import BrokerPending, running_broker
 from bench.dbusbus import private_bus
 from bench.measures import Config, Values
-from pnpbroker.busconn import to_bus_daemon
+from pnpbroker.bus.wire import to_bus_daemon
 from pnpbroker.names import BUS_NAME, INTERFACE, OBJECT_PATH
 
 DEVICE = "storm0"

@@ -23,22 +23,11 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface
 
 from pnpbroker import names
+from pnpbroker.bus.wire import to_bus_daemon
 from pnpbroker.errors import BrokerError
 from pnpbroker.service import track_callers
 
 log = logging.getLogger(__name__)
-
-
-def to_bus_daemon(member: str, signature: str = "", body: list[Any] | None = None) -> Message:
-    """A method call on the bus daemon's own interface (AddMatch, GetId, GetNameOwner, ...)."""
-    return Message(
-        destination="org.freedesktop.DBus",
-        path="/org/freedesktop/DBus",
-        interface="org.freedesktop.DBus",
-        member=member,
-        signature=signature,
-        body=body or [],
-    )
 
 
 class NameTaken(RuntimeError, BrokerError):

@@ -20,9 +20,8 @@ from dbus_fast.errors import DBusError
 from pnpbroker import names
 from pnpbroker.busconn import BusLink, NameTaken
 from pnpbroker.config import Config
-from pnpbroker.hotplug import ProgramRunner
 from pnpbroker.journal import Journal, Record
-from pnpbroker.legacy import make_handler
+from pnpbroker.legacy import ProgramRunner, make_mode
 from pnpbroker.notify import sd_notify
 from pnpbroker.output import Output
 from pnpbroker.polkit import Authority, NotAuthorized
@@ -50,7 +49,7 @@ class Broker:
         self.journal = journal
         self.stats: Counter[str] = Counter()
         self.runner = ProgramRunner(config.timeout, config.kill_grace)
-        self.sequencer = Sequencer(journal, make_handler(config, self.runner), self._handled)
+        self.sequencer = Sequencer(journal, make_mode(config, self.runner), self._handled)
         self.publisher = Publisher(journal, on_published=self._published)
         self.interface = BrokerInterface(self)
         self.link: BusLink | None = None
@@ -194,7 +193,7 @@ class Broker:
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
-        self.sequencer.handler = make_handler(config, self.runner)
+        self.sequencer.mode = make_mode(config, self.runner)
         self.journal.max_events = config.retention_events
         self.journal.max_age = config.retention_days * 86400
         logging.getLogger("pnpbroker").setLevel(config.log_level.upper())

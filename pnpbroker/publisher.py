@@ -15,9 +15,8 @@ import logging
 from collections import deque
 from typing import Any, Protocol
 
-from pnpbroker import names
+from pnpbroker.bus.wire import EVENT_SIGNATURE, event_body
 from pnpbroker.journal import Journal, Record
-from pnpbroker.service import event_body
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class Publisher:
                 self.journal.flush()
                 return True
             try:
-                link.emit_many("Event", names.EVENT_SIGNATURE, [event_body(r) for r in records])
+                link.emit_many("Event", EVENT_SIGNATURE, [event_body(r) for r in records])
             except Exception as exc:
                 raise LinkLost(str(exc)) from exc
             sent = records[-1].sequence

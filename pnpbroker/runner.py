@@ -16,9 +16,9 @@ from pnpbroker import config as configuration
 from pnpbroker.config import Config
 from pnpbroker.daemon import Broker
 from pnpbroker.errors import BrokerError, SourceError
-from pnpbroker.hotplug import event_environment
 from pnpbroker.journal import Journal
 from pnpbroker.legacy import planned
+from pnpbroker.legacy.runner import event_environment
 from pnpbroker.notify import sd_notify
 from pnpbroker.output import Output
 from pnpbroker.sources import Overflow, Source, check

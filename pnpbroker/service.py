@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from dbus_fast import DBusError, Message, MessageType, Variant
@@ -21,8 +21,8 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from pnpbroker import __version__, names
+from pnpbroker.bus.wire import event_body, trigger_options
 from pnpbroker.journal import Record
-from pnpbroker.uevent import dbus_safe
 
 log = logging.getLogger(__name__)
 
@@ -45,41 +45,6 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "Trigger": ("uuid", "count"),
 }
 EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
-
-
-def _variant(value: Any) -> Variant:
-    if isinstance(value, bool):
-        return Variant("b", value)
-    if isinstance(value, int):
-        return Variant("i", value)
-    if isinstance(value, float):
-        return Variant("d", value)
-    if isinstance(value, list):
-        return Variant("aa{sv}", [handler_variants(item) for item in value])
-    return Variant("s", dbus_safe(str(value)))
-
-
-def handler_variants(handler: Mapping[str, Any] | None) -> dict[str, Variant]:
-    """The ``a{sv}`` form of a handler outcome (integers as ``i``)."""
-    if not handler:
-        return {}
-    return {key: _variant(value) for key, value in handler.items()}
-
-
-def event_body(record: Record) -> list[Any]:
-    """The body of an Event signal, and one row of GetEvents."""
-    event = record.event
-    props = dict(event.properties)
-    if not ("".join(props.values()).isascii() and "".join(props).isascii()):
-        props = {dbus_safe(key): dbus_safe(value) for key, value in props.items()}
-    return [
-        record.sequence,
-        dbus_safe(event.action),
-        dbus_safe(event.subsystem),
-        dbus_safe(event.devpath),
-        props,
-        handler_variants(record.handler),
-    ]
 
 
 class Core(Protocol):
@@ -107,19 +72,6 @@ class Core(Protocol):
     def statistics(self) -> dict[str, int]: ...
 
     async def trigger(self, subsystems: Sequence[str], action: str) -> tuple[str, int]: ...
-
-
-def trigger_options(options: Mapping[str, Variant]) -> tuple[list[str], str]:
-    """``subsystems`` (as) and ``action`` (s) from Trigger's options; ValueError otherwise."""
-    unknown = set(options) - {"subsystems", "action"}
-    if unknown:
-        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    subsystems, action = options.get("subsystems"), options.get("action")
-    if subsystems is not None and subsystems.signature != "as":
-        raise ValueError(f"subsystems must be as, not {subsystems.signature}")
-    if action is not None and action.signature != "s":
-        raise ValueError(f"action must be s, not {action.signature}")
-    return (list(subsystems.value) if subsystems else []), (action.value if action else "add")
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

@@ -18,7 +18,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from pnpbroker import coldplug, names
-from pnpbroker.busconn import to_bus_daemon
+from pnpbroker.bus.wire import EVENT_SIGNATURE, to_bus_daemon
 from pnpbroker.errors import BrokerError
 
 DEFAULT_TIMEOUT = 120.0
@@ -65,7 +65,7 @@ class Watcher:
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL or msg.member != "Event":
             return
-        if msg.interface != names.INTERFACE or msg.signature != names.EVENT_SIGNATURE:
+        if msg.interface != names.INTERFACE or msg.signature != EVENT_SIGNATURE:
             return
         if msg.body[4].get("SYNTH_UUID") == self.uuid:
             self.seen += 1
