@@ -6,7 +6,7 @@ speaks the ``bench.peers`` protocol, so it counts the broker's signals and the e
 
 ``python -m bench.ceiling emit`` is the ceiling: dbus-fast sending the same signal shape
 (``tsssa{ss}a{sv}`` on /org/pnp/Broker) as fast as it can, flow-controlled exactly as the
-broker's publisher is and with the broker's own transport (``pnpbroker.busconn.BusLink``): a
+broker's publisher is and with the broker's own transport (``pnpbroker.bus.link.BusLink``): a
 window of 128 signals marshalled into one buffer and written with one write, then a ``GetId``
 round trip to the bus daemon as the barrier (its reply means the daemon has read every signal
 before it), at most 4 windows in flight; ``EAGAIN`` on the socket means "wait for writable"
@@ -30,9 +30,9 @@ from dbus_fast.aio import MessageBus
 
 from bench.events import NET_DIR, PREFIX
 from bench.peers import Collector
-from pnpbroker import publisher
+from pnpbroker.bus.link import BusLink
 from pnpbroker.bus.wire import EVENT_SIGNATURE, to_bus_daemon
-from pnpbroker.busconn import BusLink
+from pnpbroker.core import publisher
 from pnpbroker.names import INTERFACE
 
 WINDOW = publisher.WINDOW

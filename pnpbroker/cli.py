@@ -174,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 async def _serve(
     runner: Any, cfg: config.Config, args: argparse.Namespace, overrides: dict[str, object]
 ) -> int:
-    from pnpbroker.output import parse_fd
+    from pnpbroker.core.output import parse_fd
     from pnpbroker.sources.choose import SourceOptions
 
     output = parse_fd(args.output) if args.output else None

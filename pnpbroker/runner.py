@@ -13,14 +13,16 @@ from pathlib import Path
 
 from pnpbroker import __version__
 from pnpbroker import config as configuration
+from pnpbroker.bus.server import BusServer
 from pnpbroker.config import Config
-from pnpbroker.daemon import Broker
+from pnpbroker.contract import RELOAD_SIGNALS, STOP_SIGNALS
+from pnpbroker.core.output import Output
+from pnpbroker.core.pipeline import Pipeline
 from pnpbroker.errors import BrokerError, SourceError
 from pnpbroker.journal import Journal
 from pnpbroker.legacy import planned
 from pnpbroker.legacy.runner import event_environment
 from pnpbroker.notify import sd_notify
-from pnpbroker.output import Output
 from pnpbroker.sources import Overflow, Source, check
 from pnpbroker.sources.choose import SourceOptions, open_sources
 
@@ -55,18 +57,23 @@ async def serve(
     source = open_source(cfg, sources)
     if dry_run:
         return await _dry_run(cfg, source)
-    broker = Broker(cfg, source, open_journal(cfg))
+    pipeline = Pipeline(cfg, source, open_journal(cfg))
     if output is not None:
-        broker.output = Output(output, broker.journal)
+        pipeline.publisher.followers.append(Output(output, pipeline.journal))
     os.chdir("/")  # as daemon(3): keep no directory busy; legacy programs start in "/"
-    broker.reload_hook = lambda: configuration.load(path, overrides)
+    pipeline.reload_hook = lambda: configuration.load(path, overrides)
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, pipeline.stop)
+    for sig in RELOAD_SIGNALS:
+        loop.add_signal_handler(sig, pipeline.reload)
     log.info(
         "pnpbroker %s: program %s, journal %s",
         __version__,
         cfg.hotplug_program or "none",
         cfg.state_dir / JOURNAL_NAME,
     )
-    return await broker.run()
+    return await BusServer(pipeline, cfg.bus_address).run()
 
 
 async def _dry_run(cfg: Config, source: Source) -> int:

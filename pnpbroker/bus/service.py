@@ -1,8 +1,10 @@
-"""The D-Bus object ``/org/pnp/Broker``: a thin skin over the broker core.
+"""The D-Bus object ``/org/pnp/Broker``: a thin skin over the pipeline.
 
-Signals are declared here (so introspection shows the contract) but emitted by the publisher,
-which builds the same body with :func:`event_body`. Every method delegates to the core; broker
-errors become named D-Bus errors with a readable message and never a traceback.
+Signals are declared here, so introspection shows the contract, but sent by the link
+(:mod:`pnpbroker.bus.link`) when the publish queue asks: Event for each handled event,
+EventsLost when the pipeline reports a loss; their bodies come from :mod:`pnpbroker.bus.wire`.
+Each privileged method authorizes the caller, calls the core, and returns; broker errors become
+named D-Bus errors with a readable message and never a traceback.
 """
 
 from __future__ import annotations
@@ -48,9 +50,7 @@ EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 
 class Core(Protocol):
-    """What the service needs from the broker; the service itself holds no state."""
-
-    async def authorize(self, sender: str, action_id: str) -> None: ...
+    """What the service needs from the pipeline; the service itself holds no state."""
 
     @property
     def paused(self) -> bool: ...
@@ -75,6 +75,8 @@ class Core(Protocol):
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+#: Returns if the caller (a unique bus name) may do the action, else raises PermissionError.
+Authorize = Callable[[str, str], Awaitable[None]]
 
 #: The unique name of the connection whose method call is being served.
 #: dbus-fast does not hand the message to a service method, but it runs our message handler
@@ -123,9 +125,10 @@ class BrokerInterface(ServiceInterface):
     #: Properties that send PropertiesChanged; the others say so with EmitsChangedSignal=false.
     emitting_properties: frozenset[str] = frozenset()
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, authorize: Authorize) -> None:
         super().__init__(names.INTERFACE)
         self.core = core
+        self.authorize = authorize
 
     def introspect(self) -> intr.Interface:
         """dbus-fast's introspection plus what the contract says and Python cannot express."""
@@ -147,11 +150,11 @@ class BrokerInterface(ServiceInterface):
         tuple[int, str, str, str, dict[str, str], dict[str, Variant]],
         DBusSignature("tsssa{ss}a{sv}"),
     ]:
-        raise NotImplementedError("emitted by the publisher")
+        raise NotImplementedError("sent by the link for the publish queue")
 
     @dbus_signal()
     def EventsLost(self) -> Annotated[tuple[int, str], DBusSignature("ts")]:
-        raise NotImplementedError("emitted by the reader")
+        raise NotImplementedError("sent by the link when the pipeline reports a loss")
 
     @dbus_method()
     @named_errors
@@ -168,7 +171,7 @@ class BrokerInterface(ServiceInterface):
     async def Trigger(
         self, options: Annotated[dict[str, Variant], DBusSignature("a{sv}")]
     ) -> Annotated[list[Any], DBusSignature("su")]:
-        await self.core.authorize(caller(), names.ACTION_TRIGGER)
+        await self.authorize(caller(), names.ACTION_TRIGGER)
         subsystems, action = trigger_options(options)
         uuid, count = await self.core.trigger(subsystems, action)
         return [uuid, count]
@@ -176,19 +179,19 @@ class BrokerInterface(ServiceInterface):
     @dbus_method()
     @named_errors
     async def Pause(self) -> Nothing:
-        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        await self.authorize(caller(), names.ACTION_CONTROL)
         self.core.pause()
 
     @dbus_method()
     @named_errors
     async def Resume(self) -> Nothing:
-        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        await self.authorize(caller(), names.ACTION_CONTROL)
         self.core.resume()
 
     @dbus_method()
     @named_errors
     async def Reload(self) -> Nothing:
-        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        await self.authorize(caller(), names.ACTION_CONTROL)
         self.core.reload()
 
     @dbus_property(access=PropertyAccess.READ)
