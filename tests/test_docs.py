@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from support import REPO_ROOT
 
-from pnpbroker.cli import build_parser
+from pnpbroker.commands import build_parser
 from pnpbroker.config import Config
 
 README = (REPO_ROOT / "README.md").read_text()
