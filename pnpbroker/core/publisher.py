@@ -70,6 +70,11 @@ class Publisher:
         self._wake = asyncio.Event()
         self._stopping = False
 
+    @property
+    def link(self) -> Link | None:
+        """The current link (None while there is none)."""
+        return self._link
+
     def attach(self, link: Link | None) -> None:
         """Use this link from now on (None: it is gone, wait for another)."""
         self._link = link
