@@ -29,10 +29,10 @@ from pathlib import Path
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+from support.bus import SystemBus
 
 from bench import events, harness, spawn
 from bench.broker import BrokerPending, running_broker
-from bench.dbusbus import private_bus
 from bench.measures import Config, Values
 from pnpbroker.bus.wire import to_bus_daemon
 from pnpbroker.names import BUS_NAME, INTERFACE, OBJECT_PATH
@@ -50,9 +50,10 @@ def broker_storm(cfg: Config) -> Values:
     uuid = str(uuidlib.uuid4())
     with (
         events.netns() as ns,
-        private_bus() as address,
-        running_broker(ns, address, ["-p", str(program)]) as proc,
+        SystemBus() as bus,
+        running_broker(ns, bus, ["-p", str(program)]) as proc,
     ):
+        address = bus.address
         ns.ip("link", "add", DEVICE, "type", "ifb")
         sub = harness.Reader(_subscriber_argv(address, uuid, cfg.storm_events, floor * 4 + 300))
         try:
