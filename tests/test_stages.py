@@ -229,6 +229,15 @@ def handled(journal: Journal, count: int) -> None:
         journal.record_outcome(record.sequence, None)
 
 
+def publishing(publisher: Publisher, journal: Journal, count: int) -> FakeLink:
+    """A fresh link attached, then ``count`` more events handled."""
+    link = FakeLink()
+    publisher.attach(link)
+    handled(journal, count)
+    publisher.advance(journal.handled)
+    return link
+
+
 @pytest.fixture
 async def queue(journal: Journal) -> AsyncIterator[tuple[Publisher, Followed]]:
     publisher, followed = Publisher(journal), Followed()
@@ -244,10 +253,7 @@ async def test_publisher_sends_in_order_and_acknowledges_in_windows(
     journal: Journal, queue: tuple[Publisher, Followed]
 ) -> None:
     publisher, followed = queue
-    link = FakeLink()
-    publisher.attach(link)
-    handled(journal, 2 * WINDOW + 5)
-    publisher.advance(journal.handled)
+    link = publishing(publisher, journal, 2 * WINDOW + 5)
     await until(lambda: link.outstanding == 3)  # two full windows, then a quiet moment
     assert link.sequences == list(range(1, 2 * WINDOW + 6))
     assert max(link.batches) <= WINDOW
@@ -263,10 +269,7 @@ async def test_publisher_holds_at_most_max_barriers_windows_unacknowledged(
     journal: Journal, queue: tuple[Publisher, Followed]
 ) -> None:
     publisher, _ = queue
-    link = FakeLink()
-    publisher.attach(link)
-    handled(journal, 10 * WINDOW)
-    publisher.advance(journal.handled)
+    link = publishing(publisher, journal, 10 * WINDOW)
     await until(lambda: link.outstanding == MAX_BARRIERS)
     for _ in range(50):
         await asyncio.sleep(0)
@@ -280,10 +283,7 @@ async def test_publisher_resends_what_was_not_acknowledged_on_the_next_link(
     journal: Journal, queue: tuple[Publisher, Followed]
 ) -> None:
     publisher, followed = queue
-    first = FakeLink()
-    publisher.attach(first)
-    handled(journal, 3 * WINDOW)
-    publisher.advance(journal.handled)
+    first = publishing(publisher, journal, 3 * WINDOW)
     await until(lambda: first.outstanding == 3)
     first.ack()  # the first window got through
     await until(lambda: journal.published == WINDOW)

@@ -44,17 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir", type=Path, help="journal directory (default /var/lib/pnpbroker)"
     )
-    program = parser.add_mutually_exclusive_group()
-    program.add_argument(
-        "-p",
-        "--hotplug-program",
-        metavar="PATH",
-        help="legacy program run per event (default /sbin/hotplug if executable)",
-    )
-    program.add_argument("--no-program", action="store_true", help="run no legacy program")
-    parser.add_argument(
-        "-t", "--timeout", type=float, help="seconds a program may run (default 180)"
-    )
+    _program_arguments(parser)
     parser.add_argument(
         "--receive-buffer", help="netlink receive buffer, bytes or 64M (default 128M)"
     )
@@ -66,6 +56,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print what would run for each event; no journal, no bus",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    _source_arguments(parser)
+
+
+def _program_arguments(parser: argparse.ArgumentParser) -> None:
+    program = parser.add_mutually_exclusive_group()
+    program.add_argument(
+        "-p",
+        "--hotplug-program",
+        metavar="PATH",
+        help="legacy program run per event (default /sbin/hotplug if executable)",
+    )
+    program.add_argument("--no-program", action="store_true", help="run no legacy program")
+    parser.add_argument(
+        "-t", "--timeout", type=float, help="seconds a program may run (default 180)"
+    )
+
+
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
         default="",
@@ -207,35 +215,32 @@ class Planner:
 
 async def dry_run(cfg: config.Config, source: Source) -> int:
     """The real reader (checks, rejections logged) feeding a :class:`Planner`; until a stop
-    signal or the end of a stream source."""
+    signal or the end of a stream source (111 if the source fails)."""
     from pnpbroker.core.reader import Reader
 
-    stop = asyncio.Event()
-    code = ExitCode.OK
+    stop, ended = asyncio.Event(), []
 
-    def ended(eof: bool) -> None:
-        nonlocal code
-        code = ExitCode.OK if eof else ExitCode.SYSTEM
+    def end(eof: bool) -> None:
+        ended.append(eof)
         stop.set()
 
-    def overflow() -> None:
-        print("# receive buffer overflow: events lost", flush=True)
-
     reader = Reader(
-        source,
-        Planner(cfg),
-        Counter(),
-        on_recorded=lambda: None,
-        on_overflow=overflow,
-        on_end=ended,
+        source, Planner(cfg), Counter(), on_recorded=_nothing, on_overflow=_overflow, on_end=end
     )
-    loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     reader.start()
     sd_notify("READY=1\nSTATUS=dry run: printing what would run")
     await stop.wait()
     reader.stop()
     source.close()
     sys.stdout.flush()
-    return code
+    return ExitCode.SYSTEM if ended == [False] else ExitCode.OK
+
+
+def _nothing() -> None:
+    pass
+
+
+def _overflow() -> None:
+    print("# receive buffer overflow: events lost", flush=True)

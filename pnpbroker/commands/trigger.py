@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write nothing; print the devpaths that would be triggered",
     )
     parser.add_argument("--sysfs", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
+    _settle_arguments(parser)
+
+
+def _settle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--settle",
         action="store_true",
