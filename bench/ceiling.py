@@ -10,7 +10,7 @@ broker's publisher is and with the broker's own transport (``pnpbroker.bus.link.
 window of 128 signals marshalled into one buffer and written with one write, then a ``GetId``
 round trip to the bus daemon as the barrier (its reply means the daemon has read every signal
 before it), at most 4 windows in flight; ``EAGAIN`` on the socket means "wait for writable"
-(dbus-fast alone would drop the connection). No journal, no handler stage, no name owned: what
+(dbus-fast alone would drop the connection). No journal, no sequencer, no name owned: what
 is left is the bus itself, so broker / ceiling says what the broker's own work costs.
 """
 

@@ -1,8 +1,9 @@
 """The serial stage: one event at a time, in sequence order, through the legacy mode.
 
 It takes unhandled records from the journal, awaits the mode (the program runs, the loop keeps
-reading the kernel), stores the outcome durably, and tells the publisher. With no mode
-configured it only moves the handled cursor. While paused it runs nothing (events still queue).
+reading the kernel), stores the outcome durably, and tells the pipeline, which advances its
+sinks (the publish queue first). With no mode configured it only moves the handled cursor.
+While paused it runs nothing (events still queue).
 """
 
 from __future__ import annotations
