@@ -16,7 +16,12 @@ import stat
 from collections.abc import MutableMapping
 
 from pnpbroker.errors import ConfigError
-from pnpbroker.sources.netlink import KERNEL_GROUP, NETLINK_KOBJECT_UEVENT, NetlinkSource
+from pnpbroker.sources.netlink import (
+    KERNEL_GROUP,
+    NETLINK_KOBJECT_UEVENT,
+    NETLINK_TYPES,
+    NetlinkSource,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +33,6 @@ _TYPES = {
     socket.SOCK_RAW: "raw",
     socket.SOCK_DGRAM: "datagram",
 }
-#: Netlink treats both alike; systemd's ListenNetlink= makes SOCK_RAW, most programs SOCK_DGRAM.
-NETLINK_TYPES = (socket.SOCK_DGRAM, socket.SOCK_RAW)
 
 
 def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[int]:
