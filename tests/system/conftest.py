@@ -7,7 +7,6 @@ whatever the test before it left.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import tempfile
@@ -18,8 +17,9 @@ import pytest
 from support import REPO_ROOT, require_binaries, require_root
 from support.container import Machine, machine
 
+from system.systemtools import documented_commands
+
 NEEDED = ("systemd-nspawn", "debootstrap", "nsenter", "mountpoint", "ip")
-DOC = REPO_ROOT / "docs" / "system.md"
 WHEELS_INSIDE = "/mnt/wheels"
 
 
@@ -27,16 +27,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/system/" in str(item.path):
             item.add_marker(pytest.mark.root)
-
-
-def documented_commands(heading: str) -> list[str]:
-    """The commands of the first ``sh`` block under ``## heading`` in docs/system.md."""
-    text = DOC.read_text()
-    section = text.split(f"\n## {heading}\n", 1)[1]
-    block = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert block is not None, f"no sh block under {heading!r} in {DOC}"
-    lines = (line.split("#", 1)[0].strip() for line in block.group(1).splitlines())
-    return [line for line in lines if line]
 
 
 @pytest.fixture(scope="session")

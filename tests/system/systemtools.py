@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 
+from support import REPO_ROOT
 from support.container import Machine
+
+DOC = REPO_ROOT / "docs" / "system.md"
+
+
+def documented_commands(heading: str) -> list[str]:
+    """The commands of the ``sh`` blocks of section ``## heading`` of docs/system.md, in order
+    (comments and blank lines dropped): what the tests run is what a user is told to run."""
+    section = DOC.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert blocks, f"no sh block under {heading!r} in {DOC}"
+    lines = (line.split("#", 1)[0].strip() for b in blocks for line in b.splitlines())
+    return [line for line in lines if line]
 
 
 def program(booted: Machine, name: str, body: str) -> str:

@@ -68,7 +68,7 @@ def restart_ready_seconds(booted: Machine) -> float:
 class Bursts:
     """Link add/delete bursts in the machine, in a thread, until stopped; names are recorded."""
 
-    def __init__(self, booted: Machine, size: int = 100) -> None:
+    def __init__(self, booted: Machine, size: int = 300) -> None:
         self.booted = booted
         self.size = size
         self.names: set[str] = set()
