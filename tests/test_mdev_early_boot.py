@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,3 +173,42 @@ def test_helper_mode_needs_nothing_in_dev(
         signals.close()
     assert_nodes(empty_dev, expected)
     assert all(body[5]["status"].value == 0 for _, body in published), published
+
+
+def test_no_system_bus_yet_mdev_still_runs(
+    netns: NetNS, tmp_path: Path, empty_dev: Path, mdev: Path
+) -> None:
+    """Early boot has no system bus either: the broker journals and runs mdev all the same."""
+    nowhere = {"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"}
+    args = ["-p", str(mdev)]
+    broker = EarlyBootBroker(
+        None, tmp_path / "state", args, netns=netns, dev=empty_dev, env=nowhere
+    )
+    mine = str(uuid.uuid4())
+    expected = mem_devices()
+    try:
+        broker.start(wait_ready=False)  # READY=1 waits for the bus: nothing to wait for here
+        wait_for_log(broker, "system bus unreachable")
+        trigger = [sys.executable, "-m", "pnpbroker", "trigger", "-s", "mem", "--uuid", mine]
+        assert run(broker.enter(trigger)).returncode == 0
+        wait_for_nodes(empty_dev, expected)
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+    assert_nodes(empty_dev, expected)
+
+
+def wait_for_log(broker: BrokerProcess, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in broker.log():
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{broker.log()}"
+        assert broker.proc is not None
+        assert broker.proc.poll() is None, broker.log()
+        time.sleep(0.05)
+
+
+def wait_for_nodes(dev: Path, expected: dict[str, str], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all((dev / name).exists() for name in expected):
+        assert time.monotonic() < deadline, sorted(p.name for p in dev.iterdir())
+        time.sleep(0.05)
