@@ -77,10 +77,12 @@ class Bursts:
         self._thread = threading.Thread(target=self._run, name="bursts")
 
     def _run(self) -> None:
+        group = 7  # one netlink request deletes them all: a burst of removes too
         while not self._stop.is_set():
             batch = [f"rb{self.rounds}x{i}" for i in range(self.size)]
-            links(self.booted, batch)
-            links(self.booted, batch, "del")
+            adds = "".join(f"link add {name} group {group} type ifb\n" for name in batch)
+            self.booted.netns(["ip", "-batch", "-"], input=adds)
+            self.booted.netns(["ip", "link", "del", "group", str(group)])
             self.names.update(batch)
             self.rounds += 1
 
