@@ -28,12 +28,13 @@ import tempfile  # noqa: E402
 
 from support.container import Machine, machine  # noqa: E402
 
-FLOOR_UNIT = """[Service]
-Type=notify
-ExecStart=/opt/pnpbroker/bin/python -c "import os, socket; \\
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); \\
-s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET']); os.pause()"
+FLOOR_PROGRAM = """#!/opt/pnpbroker/bin/python
+import os, signal, socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+signal.pause()
 """
+FLOOR_UNIT = "[Service]\nType=notify\nExecStart=/usr/local/bin/pnpt-floor\n"
 PIP_ROUTE = (
     "python3 -m venv /opt/pnpbroker && "
     "/opt/pnpbroker/bin/pip install -q --no-index --find-links /mnt/wheels pnpbroker && "
@@ -65,6 +66,8 @@ def main() -> int:
         )
         with machine([(Path(wheels), "/mnt/wheels")]) as booted:
             booted.run(PIP_ROUTE)
+            booted.run("cat > /usr/local/bin/pnpt-floor", input=FLOOR_PROGRAM)
+            booted.run(["chmod", "755", "/usr/local/bin/pnpt-floor"])
             booted.run("cat > /etc/systemd/system/pnpt-floor.service", input=FLOOR_UNIT)
             booted.run(["systemctl", "daemon-reload"])
             times: dict[str, list[float]] = {"pnpbroker.service": [], "pnpt-floor.service": []}
