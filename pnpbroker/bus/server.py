@@ -99,5 +99,4 @@ class BusServer:
     def _became_ready(self) -> None:
         if not self._ready:
             self._ready = True
-            published = self.pipeline.journal.published
-            sd_notify(f"READY=1\nSTATUS=publishing from sequence {published + 1}")
+            sd_notify(f"READY=1\nSTATUS={self.pipeline.status_line()}")

@@ -15,7 +15,12 @@ HELP = "put the bus, polkit and systemd files in place"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", type=Path, default=DEFAULT_PREFIX, help="default: /usr")
     parser.add_argument("--destdir", type=Path, help="stage under this directory (packaging)")
-    parser.add_argument("--program", type=Path, help="pnpbroker executable to start")
+    parser.add_argument(
+        "--program",
+        type=Path,
+        help="pnpbroker executable the units start (default: the one installed with this "
+        "Python, else PREFIX/bin/pnpbroker)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

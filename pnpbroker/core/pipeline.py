@@ -30,6 +30,8 @@ from pnpbroker.sources import Source
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
+#: How often the service manager's status line (``systemctl status``) is brought up to date.
+STATUS_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
 COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
@@ -190,6 +192,24 @@ class Pipeline:
         self.reader.stop()
         self.stop()
 
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows: events handled, the queue, what was published."""
+        stats = self.statistics()
+        paused = ", paused" if self.paused else ""
+        return (
+            f"{stats['handled']} events handled, {stats['queued']} queued, "
+            f"{stats['published']} published{paused}"
+        )
+
+    async def _report_status(self) -> None:
+        """Send STATUS= to the service manager when it changed, at most once a second."""
+        last = ""
+        while True:
+            if (line := self.status_line()) != last:
+                sd_notify(f"STATUS={line}")
+                last = line
+            await asyncio.sleep(STATUS_SECONDS)
+
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
@@ -213,11 +233,15 @@ class Pipeline:
         ]
         for task in stages:
             task.add_done_callback(self._stage_died)
-        housekeeping = loop.create_task(self._housekeeping(), name="housekeeping")
+        helpers = [
+            loop.create_task(self._housekeeping(), name="housekeeping"),
+            loop.create_task(self._report_status(), name="status"),
+        ]
         await self._stop.wait()
         await self._drain(*stages)
-        housekeeping.cancel()
-        await asyncio.gather(housekeeping, return_exceptions=True)
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         return self.exit_code
 
     async def _drain(self, sequencer: asyncio.Task[None], publisher: asyncio.Task[None]) -> None:
