@@ -53,6 +53,14 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bus-address", help="D-Bus address (default: the system bus)")
     parser.add_argument(
+        "--rebroadcast",
+        action="append",
+        metavar="kernel:GROUPS|libudev",
+        help="after its program, send each event on to netlink: kernel:GROUPS (kernel format, "
+        "GROUPS a bitmask as mdevd -O; kernel:4 for libudev-zero) or libudev (udevd's format, "
+        "group 2; never where udevd runs); repeatable (default: off)",
+    )
+    parser.add_argument(
         "-n",
         "--dry-run",
         action="store_true",
@@ -127,9 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options that override the configuration key of the same name.
+_OVERRIDES = (
+    "state_dir",
+    "hotplug_program",
+    "timeout",
+    "receive_buffer",
+    "bus_address",
+    "rebroadcast",
+)
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     found: dict[str, object] = {}
-    for key in ("state_dir", "hotplug_program", "timeout", "receive_buffer", "bus_address"):
+    for key in _OVERRIDES:
         value = getattr(args, key)
         if value is not None:
             found[key] = str(value.absolute()) if isinstance(value, Path) else value

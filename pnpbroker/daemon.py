@@ -28,6 +28,7 @@ from pnpbroker.output import Output
 from pnpbroker.polkit import Authority, NotAuthorized
 from pnpbroker.publisher import Publisher
 from pnpbroker.reader import Reader
+from pnpbroker.rebroadcast import Rebroadcaster
 from pnpbroker.resync import Resync, trigger_in_thread
 from pnpbroker.sequencer import Sequencer
 from pnpbroker.service import BrokerInterface
@@ -39,6 +40,8 @@ HOUSEKEEPING_SECONDS = 5.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
 COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
+#: Present once re-broadcast is on: datagrams sent, and refused by the kernel.
+REBROADCAST_COUNTERS = ("rebroadcast", "rebroadcast_failed")
 
 
 class Broker:
@@ -50,7 +53,10 @@ class Broker:
         self.journal = journal
         self.stats: Counter[str] = Counter()
         self.runner = ProgramRunner(config.timeout, config.kill_grace)
-        self.sequencer = Sequencer(journal, make_handler(config, self.runner), self._handled)
+        self.rebroadcaster = self._rebroadcaster(config)
+        self.sequencer = Sequencer(
+            journal, make_handler(config, self.runner), self._handled, self._sinks()
+        )
         self.publisher = Publisher(journal, on_published=self._published)
         self.interface = BrokerInterface(self)
         self.link: BusLink | None = None
@@ -107,6 +113,8 @@ class Broker:
 
     def statistics(self) -> dict[str, int]:
         stats = dict.fromkeys(COUNTERS, 0)
+        if self.config.rebroadcast:
+            stats.update(dict.fromkeys(REBROADCAST_COUNTERS, 0))
         stats.update(self.stats)
         stats.update(
             published=self.publisher.count,
@@ -157,6 +165,12 @@ class Broker:
     def _handled(self) -> None:
         self.publisher.notify()
 
+    def _rebroadcaster(self, config: Config) -> Rebroadcaster | None:
+        return Rebroadcaster(config.rebroadcast, self.stats) if config.rebroadcast else None
+
+    def _sinks(self) -> tuple[Rebroadcaster, ...]:
+        return (self.rebroadcaster,) if self.rebroadcaster is not None else ()
+
     def _published(self, through: int) -> None:
         if self.output is not None:
             self.output.catch_up()
@@ -195,6 +209,11 @@ class Broker:
                 log.warning("%s changed: takes effect at the next start", key)
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
         self.sequencer.handler = make_handler(config, self.runner)
+        if config.rebroadcast != self.config.rebroadcast:
+            if self.rebroadcaster is not None:
+                self.rebroadcaster.close()
+            self.rebroadcaster = self._rebroadcaster(config)
+            self.sequencer.sinks = self._sinks()
         self.journal.max_events = config.retention_events
         self.journal.max_age = config.retention_days * 86400
         logging.getLogger("pnpbroker").setLevel(config.log_level.upper())
@@ -283,5 +302,7 @@ class Broker:
         if self.link is not None:
             self.link.close()
         self.runner.close()
+        if self.rebroadcaster is not None:
+            self.rebroadcaster.close()
         self.journal.close()
         self.source.close()

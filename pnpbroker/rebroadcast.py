@@ -1,0 +1,142 @@
+"""``rebroadcast``: send each handled event on to netlink groups, for libudev and libudev-zero.
+
+A :class:`Rebroadcaster` is a sink of the handler stage: the sequencer calls :meth:`send` with
+each event once its program has finished and its outcome is stored, in sequence order. Each
+target is a format and a set of netlink multicast groups of ``NETLINK_KOBJECT_UEVENT``:
+
+- ``kernel:GROUPS``: the kernel's format to the groups in the bitmask GROUPS, as ``mdevd -O``
+  (bit 0 is group 1, so ``kernel:4`` is group 3, where libudev-zero listens);
+- ``libudev``: udevd's format to group 2, where libudev's "udev" monitors listen.
+
+The wire formats are in :mod:`pnpbroker.libudev`. Sending never blocks (the kernel drops a
+datagram for a listener whose buffer is full and tells that listener ENOBUFS); a refused send is
+logged and counted, and the broker goes on. See docs/libudev.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pnpbroker.errors import ConfigError
+from pnpbroker.journal import Record
+from pnpbroker.libudev import ENCODERS
+from pnpbroker.uevent import Uevent
+
+log = logging.getLogger(__name__)
+
+NETLINK_KOBJECT_UEVENT = 15
+KERNEL_GROUP = 1
+UDEV_GROUP = 2
+MAX_GROUP = 32
+KEY = "rebroadcast"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One format, sent to each of ``groups`` (netlink multicast group numbers, 1-based)."""
+
+    format: str
+    groups: tuple[int, ...]
+
+    def __str__(self) -> str:
+        if self.format == "libudev":
+            return "libudev"
+        return f"kernel:{sum(1 << (g - 1) for g in self.groups)}"
+
+
+def _mask(spec: str, text: str) -> int:
+    """GROUPS: a decimal bitmask as mdevd takes it, or the same in hex with ``0x``."""
+    hexa = text[:2].lower() == "0x"
+    digits = text[2:] if hexa else text
+    ok = digits.isascii() and (digits.isdigit() or (hexa and digits.isalnum()))
+    try:
+        mask = int(digits, 16 if hexa else 10) if ok else -1
+    except ValueError:
+        mask = -1
+    if mask < 0:
+        raise ConfigError(KEY, f"{spec!r}: GROUPS is a bitmask (e.g. 4, or 0x4), got {text!r}")
+    if not 0 < mask < 1 << MAX_GROUP:
+        raise ConfigError(KEY, f"{spec!r}: GROUPS must set at least one of bits 0-31")
+    return mask
+
+
+def parse_target(spec: str) -> Target:
+    """``kernel:GROUPS`` or ``libudev`` -> Target; ConfigError saying what is wrong."""
+    if spec == "libudev":
+        return Target("libudev", (UDEV_GROUP,))
+    kind, sep, groups = spec.partition(":")
+    if kind != "kernel" or not sep:
+        raise ConfigError(KEY, f'expected "kernel:GROUPS" or "libudev", got {spec!r}')
+    mask = _mask(spec, groups)
+    if mask & 1 << (KERNEL_GROUP - 1):
+        raise ConfigError(
+            KEY, f"{spec!r}: bit 0 is group 1, the kernel's own: the broker reads it (a loop)"
+        )
+    return Target("kernel", tuple(g for g in range(1, MAX_GROUP + 1) if mask >> (g - 1) & 1))
+
+
+def parse_targets(specs: Iterable[str]) -> tuple[Target, ...]:
+    """Every spec checked; a group may carry one format only."""
+    targets = tuple(dict.fromkeys(parse_target(spec) for spec in specs))
+    owner: dict[int, Target] = {}
+    for target in targets:
+        for group in target.groups:
+            if group in owner:
+                raise ConfigError(
+                    KEY, f"group {group} is in both {owner[group]} and {target}: one format a group"
+                )
+            owner[group] = target
+    return targets
+
+
+class Rebroadcaster:
+    """One unbound netlink socket; :meth:`send` multicasts one event to every target's groups."""
+
+    def __init__(self, targets: Sequence[Target], stats: Counter[str]) -> None:
+        self.targets = tuple(targets)
+        self.stats = stats
+        self._plan: list[tuple[Callable[[Uevent, int], bytes], list[tuple[int, int]]]] = [
+            (ENCODERS[t.format], [(0, 1 << (g - 1)) for g in t.groups]) for t in self.targets
+        ]
+        self._refused: set[int] = set()
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
+        self.sock.setblocking(False)
+        log.info("re-broadcasting handled events to %s", ", ".join(map(str, self.targets)))
+
+    def send(self, record: Record) -> None:
+        """Multicast ``record`` to each target; a refusal is logged (once per errno), counted."""
+        sendto = self.sock.sendto
+        for encode, addresses in self._plan:
+            data = encode(record.event, record.sequence)
+            for address in addresses:
+                try:
+                    sendto(data, address)
+                except OSError as exc:
+                    # ECONNREFUSED: multicast done, only the unicast copy to the kernel had no
+                    # taker (udevd takes it the same way).
+                    if exc.errno != errno.ECONNREFUSED:
+                        self._refused_send(exc, record.sequence, address[1])
+                        continue
+                self.stats["rebroadcast"] += 1
+
+    def _refused_send(self, exc: OSError, sequence: int, mask: int) -> None:
+        self.stats["rebroadcast_failed"] += 1
+        if exc.errno in self._refused:
+            return
+        self._refused.add(exc.errno or 0)
+        hint = " (needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
+        log.error(
+            "re-broadcast of event %d to group mask %#x refused: %s%s; counting further ones",
+            sequence,
+            mask,
+            exc.strerror or exc,
+            hint,
+        )
+
+    def close(self) -> None:
+        self.sock.close()
