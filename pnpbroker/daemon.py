@@ -20,6 +20,7 @@ from dbus_fast.errors import DBusError
 from pnpbroker import names
 from pnpbroker.busconn import BusLink, NameTaken
 from pnpbroker.config import Config
+from pnpbroker.errors import RebroadcastError
 from pnpbroker.hotplug import ProgramRunner
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import make_handler
@@ -197,23 +198,26 @@ class Broker:
         sd_notify("RELOADING=1")
         try:
             config = self.reload_hook()
-        except ValueError as exc:
+        except (ValueError, RebroadcastError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
         else:
             self.apply(config)
         sd_notify("READY=1")
 
     def apply(self, config: Config) -> None:
+        """Take ``config`` in; RebroadcastError (nothing changed) if its sockets cannot open."""
+        rebroadcaster = self.rebroadcaster
+        if config.rebroadcast != self.config.rebroadcast:
+            rebroadcaster = self._rebroadcaster(config)
+            if self.rebroadcaster is not None:
+                self.rebroadcaster.close()
         for key in ("state_dir", "receive_buffer", "bus_address"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
         self.sequencer.handler = make_handler(config, self.runner)
-        if config.rebroadcast != self.config.rebroadcast:
-            if self.rebroadcaster is not None:
-                self.rebroadcaster.close()
-            self.rebroadcaster = self._rebroadcaster(config)
-            self.sequencer.sinks = self._sinks()
+        self.rebroadcaster = rebroadcaster
+        self.sequencer.sinks = self._sinks()
         self.journal.max_events = config.retention_events
         self.journal.max_age = config.retention_days * 86400
         logging.getLogger("pnpbroker").setLevel(config.log_level.upper())

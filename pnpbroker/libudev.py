@@ -27,7 +27,8 @@ SEQUENCE_PROPERTY = "PNP_SEQUENCE"
 PREFIX = b"libudev\0"
 MAGIC = 0xFEEDCAFE
 #: prefix, magic, header_size, properties_off, properties_len, subsystem hash, devtype hash,
-#: bloom high, bloom low. The byte order of each field is set where it is packed.
+#: bloom high, bloom low: 40 bytes. Magic, hashes and bloom go in network order, the rest in
+#: host order (see libudev_datagram).
 HEADER = struct.Struct("=8sIIIIIIII")
 _BE32 = struct.Struct(">I")
 _M = 0x5BD1E995
@@ -80,54 +81,49 @@ def tags_of(properties: Mapping[str, str]) -> list[str]:
     return found
 
 
-def _nulstr(pairs: Iterable[tuple[str, str]]) -> bytes:
-    return "".join(f"{key}={value}\0" for key, value in pairs).encode("utf-8", "surrogateescape")
-
-
-def properties(event: Uevent, sequence: int) -> dict[str, str]:
-    """The event's keys in kernel order, then the broker's sequence."""
-    props = dict(event.properties)
-    props.pop(SEQUENCE_PROPERTY, None)
-    props[SEQUENCE_PROPERTY] = str(sequence)
-    return props
+def _nulstr(event: Uevent, sequence: int, devname: str | None = None) -> bytes:
+    """``KEY=VALUE\0`` for each key in kernel order (DEVNAME as ``devname`` if given), then the
+    broker's sequence (replacing a key of that name the event may carry)."""
+    props = event.properties
+    if devname is not None or SEQUENCE_PROPERTY in props:
+        props = {k: v for k, v in props.items() if k != SEQUENCE_PROPERTY}
+        if devname is not None:
+            props["DEVNAME"] = devname
+    text = "\0".join(map("=".join, props.items()))
+    return f"{text}\0{SEQUENCE_PROPERTY}={sequence}\0".encode("utf-8", "surrogateescape")
 
 
 def kernel_datagram(event: Uevent, sequence: int) -> bytes:
     """The kernel's format, with the broker's sequence as the last key."""
     header = f"{event.action}@{event.devpath}\0".encode("utf-8", "surrogateescape")
-    return header + _nulstr(properties(event, sequence).items())
+    return header + _nulstr(event, sequence)
 
 
-def _udevd_value(key: str, value: str) -> str:
+def _node(props: Mapping[str, str]) -> str | None:
     """udevd sends DEVNAME as the node's path (sd-device prefixes the kernel's name with /dev)."""
-    if key == "DEVNAME" and not value.startswith("/"):
-        return f"/dev/{value}"
-    return value
+    name = props.get("DEVNAME")
+    return f"/dev/{name}" if name is not None and not name.startswith("/") else None
+
+
+#: The prefix, the magic, the header size and the properties' offset: alike in every datagram.
+_FIXED = PREFIX + _BE32.pack(MAGIC) + struct.pack("=II", HEADER.size, HEADER.size)
+_LENGTH = struct.Struct("=I")
+_FILTERS = struct.Struct(">IIII")
 
 
 def libudev_datagram(event: Uevent, sequence: int) -> bytes:
     """udevd's group-2 format: the ``libudev`` header, then the properties."""
-    props = properties(event, sequence)
-    body = _nulstr((key, _udevd_value(key, value)) for key, value in props.items())
+    props = event.properties
+    body = _nulstr(event, sequence, _node(props))
     devtype = props.get("DEVTYPE")
-    bloom = tag_bloom(tags_of(props))
-    header = HEADER.pack(
-        PREFIX,
-        _network(MAGIC),
-        HEADER.size,
-        HEADER.size,
-        len(body),
-        _network(string_hash(event.subsystem)),
-        _network(string_hash(devtype)) if devtype is not None else 0,
-        _network(bloom >> 32),
-        _network(bloom & _MASK32),
+    bloom = tag_bloom(tags_of(props)) if "TAGS" in props or "CURRENT_TAGS" in props else 0
+    filters = _FILTERS.pack(
+        string_hash(event.subsystem),
+        string_hash(devtype) if devtype is not None else 0,
+        bloom >> 32,
+        bloom & _MASK32,
     )
-    return header + body
-
-
-def _network(value: int) -> int:
-    """``value`` such that packing it in host order lays it out in network order (htobe32)."""
-    return int.from_bytes(_BE32.pack(value), sys.byteorder)
+    return _FIXED + _LENGTH.pack(len(body)) + filters + body
 
 
 ENCODERS = {"kernel": kernel_datagram, "libudev": libudev_datagram}

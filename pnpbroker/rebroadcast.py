@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from pnpbroker.errors import ConfigError
+from pnpbroker.errors import ConfigError, RebroadcastError
 from pnpbroker.journal import Record
 from pnpbroker.libudev import ENCODERS
 from pnpbroker.uevent import Uevent
@@ -95,48 +95,74 @@ def parse_targets(specs: Iterable[str]) -> tuple[Target, ...]:
 
 
 class Rebroadcaster:
-    """One unbound netlink socket; :meth:`send` multicasts one event to every target's groups."""
+    """One netlink socket per group, connected to it (as mdevd's); :meth:`send` multicasts one
+    event to every target."""
 
     def __init__(self, targets: Sequence[Target], stats: Counter[str]) -> None:
         self.targets = tuple(targets)
         self.stats = stats
-        self._plan: list[tuple[Callable[[Uevent, int], bytes], list[tuple[int, int]]]] = [
-            (ENCODERS[t.format], [(0, 1 << (g - 1)) for g in t.groups]) for t in self.targets
-        ]
         self._refused: set[int] = set()
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
-        self.sock.setblocking(False)
+        self._plan: list[tuple[Callable[[Uevent, int], bytes], list[socket.socket]]] = []
+        try:
+            for target in self.targets:
+                self._plan.append((ENCODERS[target.format], [_connected(g) for g in target.groups]))
+        except OSError:
+            self.close()
+            raise
+        self._datagrams = sum(len(sockets) for _encode, sockets in self._plan)
         log.info("re-broadcasting handled events to %s", ", ".join(map(str, self.targets)))
 
     def send(self, record: Record) -> None:
         """Multicast ``record`` to each target; a refusal is logged (once per errno), counted."""
-        sendto = self.sock.sendto
-        for encode, addresses in self._plan:
-            data = encode(record.event, record.sequence)
-            for address in addresses:
+        event, sequence = record.event, record.sequence
+        refused = 0
+        for encode, sockets in self._plan:
+            data = encode(event, sequence)
+            for sock in sockets:
                 try:
-                    sendto(data, address)
+                    sock.send(data)
                 except OSError as exc:
-                    # ECONNREFUSED: multicast done, only the unicast copy to the kernel had no
-                    # taker (udevd takes it the same way).
-                    if exc.errno != errno.ECONNREFUSED:
-                        self._refused_send(exc, record.sequence, address[1])
-                        continue
-                self.stats["rebroadcast"] += 1
+                    refused += self._refused_send(exc, sequence, sock)
+        self.stats["rebroadcast"] += self._datagrams - refused
 
-    def _refused_send(self, exc: OSError, sequence: int, mask: int) -> None:
+    def _refused_send(self, exc: OSError, sequence: int, sock: socket.socket) -> int:
+        """1 if the kernel refused the datagram; 0 for ECONNREFUSED, where the multicast was
+        done and only the unicast copy to the kernel found no taker (udevd counts it sent)."""
+        if exc.errno == errno.ECONNREFUSED:
+            return 0
         self.stats["rebroadcast_failed"] += 1
         if exc.errno in self._refused:
-            return
+            return 1
         self._refused.add(exc.errno or 0)
         hint = " (needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
         log.error(
-            "re-broadcast of event %d to group mask %#x refused: %s%s; counting further ones",
+            "re-broadcast of event %d to netlink group mask %#x refused: %s%s; counting the rest",
             sequence,
-            mask,
+            sock.getpeername()[1],
             exc.strerror or exc,
             hint,
         )
+        return 1
 
     def close(self) -> None:
-        self.sock.close()
+        for _encode, sockets in self._plan:
+            for sock in sockets:
+                sock.close()
+
+
+def _connected(group: int) -> socket.socket:
+    """A non-blocking uevent netlink socket whose datagrams go to multicast ``group``."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
+    try:
+        sock.setblocking(False)
+        sock.connect((0, 1 << (group - 1)))
+    except OSError as exc:
+        sock.close()
+        hint = (
+            " (sending to a uevent group needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
+        )
+        raise RebroadcastError(
+            exc.errno,
+            f"cannot open the re-broadcast socket for group {group}: {exc.strerror}{hint}",
+        ) from exc
+    return sock
