@@ -18,9 +18,11 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pnpbroker.errors import ConfigError, RebroadcastError
 from pnpbroker.journal import Record
@@ -34,6 +36,9 @@ KERNEL_GROUP = 1
 UDEV_GROUP = 2
 MAX_GROUP = 32
 KEY = "rebroadcast"
+#: udevd's control socket (systemd-udevd-control.socket): where it is a socket, udevd runs or is
+#: about to, and already sends every event on group 2.
+UDEVD_CONTROL = Path("/run/udev/control")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,8 @@ class Rebroadcaster:
     event to every target."""
 
     def __init__(self, targets: Sequence[Target], stats: Counter[str]) -> None:
+        if any(t.format == "libudev" for t in targets):
+            refuse_beside_udevd()
         self.targets = tuple(targets)
         self.stats = stats
         self._refused: set[int] = set()
@@ -148,6 +155,21 @@ class Rebroadcaster:
         for _encode, sockets in self._plan:
             for sock in sockets:
                 sock.close()
+
+
+def refuse_beside_udevd(control: Path = UDEVD_CONTROL) -> None:
+    """ConfigError if udevd's control socket exists: every libudev client would get each event
+    twice, once before our program ran."""
+    try:
+        mode = control.stat().st_mode
+    except OSError:
+        return
+    if stat.S_ISSOCK(mode):
+        raise ConfigError(
+            KEY,
+            f'"libudev": {control} is a socket, so udevd runs here and already sends each event '
+            "to libudev clients; re-broadcasting too would duplicate them (see docs/libudev.md)",
+        )
 
 
 def _connected(group: int) -> socket.socket:

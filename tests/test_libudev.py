@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import struct
 import subprocess
 from pathlib import Path
@@ -32,7 +33,7 @@ from pnpbroker.libudev import (
     string_hash,
     tag_bloom,
 )
-from pnpbroker.rebroadcast import Target, parse_target, parse_targets
+from pnpbroker.rebroadcast import Target, parse_target, parse_targets, refuse_beside_udevd
 from pnpbroker.uevent import from_properties, parse
 
 DISK = from_properties(
@@ -254,3 +255,15 @@ def test_config_key_and_option() -> None:
     assert overrides["rebroadcast"] == ["libudev", "kernel:4"]
     assert config.from_mapping(overrides, cfg).rebroadcast == cfg.rebroadcast
     assert "rebroadcast" not in _overrides(build_parser().parse_args(["run"]))
+
+
+def test_udevd_control_socket_is_refused_a_plain_file_is_not(tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    refuse_beside_udevd(control)  # absent: no udevd
+    control.touch()
+    refuse_beside_udevd(control)  # a plain file: the workaround for a plain /dev
+    control.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.bind(str(control))
+        with pytest.raises(ConfigError, match="udevd runs here"):
+            refuse_beside_udevd(control)

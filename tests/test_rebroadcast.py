@@ -10,7 +10,9 @@ order of everything a client got with the broker's sequence (``PNP_SEQUENCE``).
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -194,6 +196,51 @@ def test_broker_never_reads_back_what_it_sends(
     assert numbers["rebroadcast"] == 2 * numbers["handled"]
 
 
+@pytest.mark.root
+def test_no_program_mode_rebroadcasts_every_event_in_order(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path, marks: Path
+) -> None:
+    """With no program the backlog is marked handled a page at a time; each event still goes
+    out once, in order."""
+    wanted = ours(("net", "queues"))
+    args = ["--no-program", "--rebroadcast", "kernel:4"]
+    with BrokerProcess(system_bus, tmp_path / "state", args, netns=netns):
+        client = zero_standin(netns, marks)
+        try:
+            exercise(netns, client, wanted, 6 * len(LINKS))
+        finally:
+            client.close()
+        got = client.events()
+        expected = [key for key, subsystem in journal(system_bus) if wanted(key[3], subsystem)]
+    assert [e.key for e in got if wanted(e.properties["DEVPATH"], e.properties["SUBSYSTEM"])] == (
+        expected
+    )
+    sequences = [e.key[0] for e in got]
+    assert sequences == sorted(set(sequences))
+
+
+@pytest.mark.root
+def test_reload_turns_rebroadcast_on(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path, marks: Path
+) -> None:
+    """SIGHUP with ``rebroadcast`` added to the file: from then on events go out."""
+    conf = tmp_path / "pnpbroker.toml"
+    conf.write_text('hotplug_program = ""\n')
+    args = ["-c", str(conf)]
+    with BrokerProcess(system_bus, tmp_path / "state", args, netns=netns) as broker:
+        client = zero_standin(netns, marks)
+        try:
+            with pytest.raises(TimeoutError):
+                subscribe(netns, client, tries=2)
+            conf.write_text('hotplug_program = ""\nrebroadcast = ["kernel:4"]\n')
+            broker.send_signal(signal.SIGHUP)
+            broker.wait_for_state("READY=1")
+            subscribe(netns, client)
+        finally:
+            client.close()
+    assert "re-broadcasting handled events to kernel:4" in broker.log()
+
+
 _SEND_AS = """
 import socket, sys
 sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)
@@ -251,3 +298,38 @@ def test_plain_dev_needs_run_udev_control(
         assert client.events() == []
     disabled = "The udev service seems not to be active, disabling the monitor"
     assert (disabled in err) != control, err
+
+
+_UDEVD_RUNS = """
+set -e
+mount -t tmpfs -o mode=755 tmpfs /run
+mkdir /run/udev
+/usr/bin/python3 -c 'import socket as s; s.socket(s.AF_UNIX).bind("/run/udev/control")'
+exec "$@"
+"""
+
+
+@pytest.mark.root
+def test_refuses_libudev_where_udevd_runs(tmp_path: Path) -> None:
+    """With udevd's control socket at /run/udev/control (a private /run here), ``libudev`` is a
+    configuration error (exit 2), saying why; ``kernel:4`` is not affected."""
+    broker = [sys.executable, "-m", "pnpbroker", "run", "--state-dir", str(tmp_path / "s")]
+    broker += ["--no-program", "--source", "stdin", "--bus-address", "unix:path=/nonexistent"]
+    wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _UDEVD_RUNS, "sh"]
+    refused = subprocess.run(
+        [*wrap, *broker, "--rebroadcast", "libudev"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input="",
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "/run/udev/control is a socket" in refused.stderr
+    fine = subprocess.run(
+        [*wrap, *broker, "--rebroadcast", "kernel:4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input="",  # a pipe at its end: the broker finishes at once
+    )
+    assert fine.returncode == 0, fine.stderr
