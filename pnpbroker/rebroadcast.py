@@ -174,12 +174,14 @@ def refuse_beside_udevd(control: Path = UDEVD_CONTROL) -> None:
 
 def _connected(group: int) -> socket.socket:
     """A non-blocking uevent netlink socket whose datagrams go to multicast ``group``."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
+    sock: socket.socket | None = None
     try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
         sock.setblocking(False)
         sock.connect((0, 1 << (group - 1)))
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         hint = (
             " (sending to a uevent group needs CAP_NET_ADMIN)" if exc.errno == errno.EPERM else ""
         )

@@ -33,6 +33,7 @@ from support.udev import (
     udevadm_monitor,
     zero_standin,
 )
+from support.users import python_as_nobody
 
 LINKS = ["r0", "r1", "r2", "r3"]
 TARGETS = ("--rebroadcast", "libudev", "--rebroadcast", "kernel:4")
@@ -258,6 +259,27 @@ def test_only_privileged_senders_reach_udev_monitors(netns: NetNS) -> None:
     argv = [*netns.exec_prefix(), *AS_NOBODY, "/usr/bin/python3", "-c", _SEND_AS]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "EPERM"
+
+
+_OPEN_AS_NOBODY = """
+from collections import Counter
+from pnpbroker.errors import RebroadcastError
+from pnpbroker.rebroadcast import Rebroadcaster, parse_targets
+try:
+    Rebroadcaster(parse_targets(["kernel:4"]), Counter())
+except RebroadcastError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.root
+def test_without_cap_net_admin_the_socket_is_refused_clearly() -> None:
+    """Connecting to a uevent group needs CAP_NET_ADMIN: refused at start, with the reason
+    (the broker exits 111 on it, like any failed system call)."""
+    done = python_as_nobody(_OPEN_AS_NOBODY)
+    assert done.returncode == 0, done.stderr
+    assert "socket for group 3: Operation not permitted" in done.stdout
+    assert "needs CAP_NET_ADMIN" in done.stdout
 
 
 _DEV_AS_TMPFS = """
