@@ -55,9 +55,7 @@ class Broker:
         self.stats: Counter[str] = Counter()
         self.runner = ProgramRunner(config.timeout, config.kill_grace)
         self.rebroadcaster = self._rebroadcaster(config)
-        self.sequencer = Sequencer(
-            journal, make_handler(config, self.runner), self._handled, self._sinks()
-        )
+        self.sequencer = Sequencer(journal, make_handler(config, self.runner), self._handled)
         self.publisher = Publisher(journal, on_published=self._published)
         self.interface = BrokerInterface(self)
         self.link: BusLink | None = None
@@ -165,12 +163,13 @@ class Broker:
 
     def _handled(self) -> None:
         self.publisher.notify()
+        if self.rebroadcaster is not None:
+            self.rebroadcaster.advance(self.journal.handled)
 
     def _rebroadcaster(self, config: Config) -> Rebroadcaster | None:
-        return Rebroadcaster(config.rebroadcast, self.stats) if config.rebroadcast else None
-
-    def _sinks(self) -> tuple[Rebroadcaster, ...]:
-        return (self.rebroadcaster,) if self.rebroadcaster is not None else ()
+        if not config.rebroadcast:
+            return None
+        return Rebroadcaster(config.rebroadcast, self.journal, self.stats)
 
     def _published(self, through: int) -> None:
         if self.output is not None:
@@ -217,7 +216,6 @@ class Broker:
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
         self.sequencer.handler = make_handler(config, self.runner)
         self.rebroadcaster = rebroadcaster
-        self.sequencer.sinks = self._sinks()
         self.journal.max_events = config.retention_events
         self.journal.max_age = config.retention_days * 86400
         logging.getLogger("pnpbroker").setLevel(config.log_level.upper())

@@ -1,8 +1,9 @@
 """``rebroadcast``: send each handled event on to netlink groups, for libudev and libudev-zero.
 
-A :class:`Rebroadcaster` is a sink of the handler stage: the sequencer calls :meth:`send` with
-each event once its program has finished and its outcome is stored, in sequence order. Each
-target is a format and a set of netlink multicast groups of ``NETLINK_KOBJECT_UEVENT``:
+A :class:`Rebroadcaster` is a sink of the handler stage: each time the ``handled`` cursor moves
+(an event's program finished and its outcome is stored), :meth:`Rebroadcaster.advance` reads
+the events up to it from the journal and sends them, in sequence order, from where it stopped.
+Each target is a format and a set of netlink multicast groups of ``NETLINK_KOBJECT_UEVENT``:
 
 - ``kernel:GROUPS``: the kernel's format to the groups in the bitmask GROUPS, as ``mdevd -O``
   (bit 0 is group 1, so ``kernel:4`` is group 3, where libudev-zero listens);
@@ -15,6 +16,7 @@ logged and counted, and the broker goes on. See docs/libudev.md.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pnpbroker.errors import ConfigError, RebroadcastError
-from pnpbroker.journal import Record
+from pnpbroker.journal import Journal, Record
 from pnpbroker.libudev import ENCODERS
 from pnpbroker.uevent import Uevent
 
@@ -36,6 +38,9 @@ KERNEL_GROUP = 1
 UDEV_GROUP = 2
 MAX_GROUP = 32
 KEY = "rebroadcast"
+#: Events read from the journal at a time, and sent before the loop gets a turn.
+PAGE = 512
+TURN = 4 * PAGE
 #: udevd's control socket (systemd-udevd-control.socket): where it is a socket, udevd runs or is
 #: about to, and already sends every event on group 2.
 UDEVD_CONTROL = Path("/run/udev/control")
@@ -100,14 +105,17 @@ def parse_targets(specs: Iterable[str]) -> tuple[Target, ...]:
 
 
 class Rebroadcaster:
-    """One netlink socket per group, connected to it (as mdevd's); :meth:`send` multicasts one
-    event to every target."""
+    """One netlink socket per group, connected to it (as mdevd's). It starts after the events
+    handled so far; :meth:`advance` sends the newly handled ones."""
 
-    def __init__(self, targets: Sequence[Target], stats: Counter[str]) -> None:
+    def __init__(self, targets: Sequence[Target], journal: Journal, stats: Counter[str]) -> None:
         if any(t.format == "libudev" for t in targets):
             refuse_beside_udevd()
         self.targets = tuple(targets)
+        self.journal = journal
         self.stats = stats
+        self.sent_through = self.through = journal.handled
+        self._again: asyncio.Handle | None = None
         self._refused: set[int] = set()
         self._plan: list[tuple[Callable[[Uevent, int], bytes], list[socket.socket]]] = []
         try:
@@ -118,6 +126,29 @@ class Rebroadcaster:
             raise
         self._datagrams = sum(len(sockets) for _encode, sockets in self._plan)
         log.info("re-broadcasting handled events to %s", ", ".join(map(str, self.targets)))
+
+    def advance(self, through: int) -> None:
+        """Everything up to ``through`` is handled: send what is not sent yet, in order."""
+        self.through = max(self.through, through)
+        if self._again is None:
+            self._send_some()
+
+    def lost(self, after: int, resync_uuid: str) -> None:
+        """Netlink has no word for lost events: the resync's events follow as any others."""
+
+    def _send_some(self) -> None:
+        """Up to TURN events now; the rest after the loop had a turn (a long backlog with no
+        program must not keep the reader from the kernel's socket)."""
+        self._again = None
+        left = TURN
+        while self.sent_through < self.through and left > 0:
+            records = self.journal.between(self.sent_through, self.through, min(PAGE, left))
+            for record in records:
+                self.send(record)
+            self.sent_through = records[-1].sequence if records else self.through
+            left -= len(records)
+        if self.sent_through < self.through:
+            self._again = asyncio.get_running_loop().call_soon(self._send_some)
 
     def send(self, record: Record) -> None:
         """Multicast ``record`` to each target; a refusal is logged (once per errno), counted."""
@@ -152,6 +183,8 @@ class Rebroadcaster:
         return 1
 
     def close(self) -> None:
+        if self._again is not None:
+            self._again.cancel()
         for _encode, sockets in self._plan:
             for sock in sockets:
                 sock.close()

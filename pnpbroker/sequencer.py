@@ -1,21 +1,19 @@
 """The serial handler stage: one event at a time, in sequence order, through the legacy handler.
 
 It takes unhandled records from the journal, awaits the handler (the program runs, the loop keeps
-reading the kernel), stores the outcome durably, hands the event to the sinks (the netlink
-re-broadcast), and tells the publisher. With no handler configured it only moves the handled
-cursor (reading the events only if a sink wants them). While paused it runs nothing (events
-still queue).
+reading the kernel), stores the outcome durably, and tells the publisher. With no handler
+configured it only moves the handled cursor. While paused it runs nothing (events still queue).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from pnpbroker.hotplug import Handler
-from pnpbroker.journal import Journal, Record
+from pnpbroker.journal import Journal
 from pnpbroker.uevent import Uevent
 
 log = logging.getLogger(__name__)
@@ -23,26 +21,15 @@ log = logging.getLogger(__name__)
 PAGE = 512
 
 
-class Sink(Protocol):
-    """Takes each handled event, its outcome stored, in sequence order; must not block."""
-
-    def send(self, record: Record) -> None: ...
-
-
 class Sequencer:
     """Drives the journal's ``handled`` cursor forward, strictly one event at a time."""
 
     def __init__(
-        self,
-        journal: Journal,
-        handler: Handler | None,
-        on_handled: Callable[[], None],
-        sinks: Sequence[Sink] = (),
+        self, journal: Journal, handler: Handler | None, on_handled: Callable[[], None]
     ) -> None:
         self.journal = journal
         self.handler = handler
         self.on_handled = on_handled
-        self.sinks = tuple(sinks)
         self._wake = asyncio.Event()
         self._running = asyncio.Event()
         self._running.set()
@@ -92,10 +79,11 @@ class Sequencer:
             if self._stopping:
                 break
             if self.handler is None:  # nothing to run: all that is journalled is handled
+                if self.journal.handled < self.journal.last:
+                    self.journal.skip_handling(self.journal.last)
+                    self.on_handled()
                 self._wake.clear()
-                await self._skip()
-                if not self.paused:
-                    await self._wake.wait()
+                await self._wake.wait()
                 continue
             records = self.journal.unhandled(PAGE)
             if not records:
@@ -107,27 +95,4 @@ class Sequencer:
                     break
                 outcome = await self._handle(self.handler, record.event, record.sequence)
                 self.journal.record_outcome(record.sequence, outcome)
-                self._to_sinks(Record(record.sequence, record.event, outcome))
                 self.on_handled()
-
-    async def _skip(self) -> None:
-        """No program: mark the backlog handled, reading it only for the sinks (a page at a
-        time, letting the reader and the publisher run in between)."""
-        while self.journal.handled < self.journal.last and not (self._stopping or self.paused):
-            through = self.journal.last
-            if self.sinks:
-                records = self.journal.unhandled(PAGE)
-                for record in records:
-                    self._to_sinks(record)
-                through = records[-1].sequence
-            self.journal.skip_handling(through)
-            self.on_handled()
-            if self.sinks:
-                await asyncio.sleep(0)
-
-    def _to_sinks(self, record: Record) -> None:
-        for sink in self.sinks:
-            try:
-                sink.send(record)
-            except Exception:
-                log.exception("event %d: a sink failed", record.sequence)

@@ -8,21 +8,27 @@ or are dropped by libudev's filter as udevd's would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
 import struct
 import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from support import REPO_ROOT
-from support.netns import NetNS
+from support.netns import NetNS, _setns
 from support.udev import SYSTEM_PYTHON, Received, pyudev_monitor, require_pyudev
 
 from pnpbroker import config
 from pnpbroker.cli import _overrides, build_parser
 from pnpbroker.errors import ConfigError
+from pnpbroker.journal import Journal
 from pnpbroker.libudev import (
     HEADER,
     MAGIC,
@@ -33,7 +39,14 @@ from pnpbroker.libudev import (
     string_hash,
     tag_bloom,
 )
-from pnpbroker.rebroadcast import Target, parse_target, parse_targets, refuse_beside_udevd
+from pnpbroker.rebroadcast import (
+    TURN,
+    Rebroadcaster,
+    Target,
+    parse_target,
+    parse_targets,
+    refuse_beside_udevd,
+)
 from pnpbroker.uevent import from_properties, parse
 
 DISK = from_properties(
@@ -49,6 +62,7 @@ DISK = from_properties(
         "SEQNUM": "4242",
     }
 )
+T = TypeVar("T")
 FIELDS = struct.Struct(">8sIIIIIIII")  # every field big-endian, to read what is on the wire
 
 
@@ -267,3 +281,62 @@ def test_udevd_control_socket_is_refused_a_plain_file_is_not(tmp_path: Path) -> 
         sock.bind(str(control))
         with pytest.raises(ConfigError, match="udevd runs here"):
             refuse_beside_udevd(control)
+
+
+def _in_netns(ns: NetNS, make: Callable[[], T]) -> T:
+    """``make()`` run by a thread that entered ``ns``: sockets it opens belong to ``ns``."""
+    found: list[T | BaseException] = []
+
+    def enter() -> None:
+        try:
+            _setns(ns.path)
+            found.append(make())
+        except BaseException as exc:  # handed to the caller below
+            found.append(exc)
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    if isinstance(found[0], BaseException):
+        raise found[0]
+    return found[0]
+
+
+def _listener() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)
+    sock.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE
+    sock.bind((0, 0x4))
+    return sock
+
+
+@pytest.mark.root
+async def test_a_long_backlog_goes_out_in_turns_in_order(netns: NetNS, tmp_path: Path) -> None:
+    """No program: the handled cursor jumps over thousands of events at once; they go out a
+    turn at a time (the loop runs in between), all of them, in order, after what was handled
+    before the sink started."""
+    journal = Journal(tmp_path / "journal.sqlite")
+    props = {k: DISK[k] for k in ("ACTION", "DEVPATH", "SUBSYSTEM")}
+    journal.append([from_properties({**props, "SEQNUM": "1"})])
+    journal.skip_handling(1)  # handled before: not sent
+    count = 3 * TURN + 7
+    journal.append([from_properties({**props, "SEQNUM": str(n)}) for n in range(2, count + 2)])
+    listener = _in_netns(netns, _listener)
+    stats: Counter[str] = Counter()
+    sink = _in_netns(netns, lambda: Rebroadcaster(parse_targets(["kernel:4"]), journal, stats))
+    try:
+        journal.skip_handling(journal.last)
+        sink.advance(journal.handled)
+        sent = [sink.sent_through]  # one turn now, the rest a turn per loop iteration
+        for _ in range(8):
+            await asyncio.sleep(0)
+            sent.append(sink.sent_through)
+        listener.settimeout(10)
+        got = [parse(listener.recv(8192)) for _ in range(count)]
+    finally:
+        sink.close()
+        listener.close()
+        journal.close()
+    assert sent[:5] == [1 + TURN, 1 + 2 * TURN, 1 + 3 * TURN, count + 1, count + 1]
+    assert [int(e[SEQUENCE_PROPERTY]) for e in got] == list(range(2, count + 2))
+    assert [e.seqnum for e in got] == list(range(2, count + 2))
+    assert stats["rebroadcast"] == count

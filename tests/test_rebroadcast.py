@@ -262,13 +262,19 @@ def test_only_privileged_senders_reach_udev_monitors(netns: NetNS) -> None:
 
 
 _OPEN_AS_NOBODY = """
+import tempfile
 from collections import Counter
+from pathlib import Path
 from pnpbroker.errors import RebroadcastError
+from pnpbroker.journal import Journal
 from pnpbroker.rebroadcast import Rebroadcaster, parse_targets
-try:
-    Rebroadcaster(parse_targets(["kernel:4"]), Counter())
-except RebroadcastError as exc:
-    print(exc)
+with tempfile.TemporaryDirectory() as tmp:
+    journal = Journal(Path(tmp) / "journal.sqlite")
+    try:
+        Rebroadcaster(parse_targets(["kernel:4"]), journal, Counter())
+    except RebroadcastError as exc:
+        print(exc)
+    journal.close()
 """
 
 
