@@ -160,7 +160,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, format="pnpbroker: %(levelname)s: %(message)s")
+    from pnpbroker.journallog import JournalFormatter, stderr_is_journal
+
+    if stderr_is_journal():  # the journal adds the program's name; the priority says the level
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter("%(message)s"))
+        logging.basicConfig(handlers=[handler])
+    else:
+        logging.basicConfig(stream=sys.stderr, format="pnpbroker: %(levelname)s: %(message)s")
     log.setLevel(level.upper())
 
 

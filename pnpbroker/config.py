@@ -17,10 +17,10 @@ from typing import Any
 from pnpbroker.errors import ConfigError
 from pnpbroker.legacy import options as legacy
 from pnpbroker.rebroadcast import Target, parse_targets
+from pnpbroker.sizes import parse_size
 
 DEFAULT_PATH = Path("/etc/pnpbroker/pnpbroker.toml")
 LEGACY_PROGRAM = Path("/sbin/hotplug")
-_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
 def default_program() -> str:
@@ -61,10 +61,9 @@ _LEVELS = ("debug", "info", "warning", "error")
 
 
 def _size(key: str, value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value[-1:].upper() in _SUFFIXES and value[:-1].isdigit():
-        return int(value[:-1]) * _SUFFIXES[value[-1].upper()]
+    number = parse_size(value)
+    if number is not None:
+        return number
     raise ConfigError(key, f'expected a size in bytes (e.g. 134217728 or "128M"), got {value!r}')
 
 

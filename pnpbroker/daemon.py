@@ -38,6 +38,8 @@ from pnpbroker.sources import Source
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
+#: How often the service manager's status line (``systemctl status``) is brought up to date.
+STATUS_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
 COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
@@ -252,7 +254,25 @@ class Broker:
     def _became_ready(self) -> None:
         if not self._ready:
             self._ready = True
-            sd_notify(f"READY=1\nSTATUS=publishing from sequence {self.journal.published + 1}")
+            sd_notify(f"READY=1\nSTATUS={self.status_line()}")
+
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows: events handled, the queue, what was published."""
+        stats = self.statistics()
+        paused = ", paused" if self.paused else ""
+        return (
+            f"{stats['handled']} events handled, {stats['queued']} queued, "
+            f"{stats['published']} published{paused}"
+        )
+
+    async def _report_status(self) -> None:
+        """Send STATUS= to the service manager when it changed, at most once a second."""
+        last = ""
+        while True:
+            if (line := self.status_line()) != last:
+                sd_notify(f"STATUS={line}")
+                last = line
+            await asyncio.sleep(STATUS_SECONDS)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -279,6 +299,7 @@ class Broker:
             loop.create_task(self.publisher.run(), name="publisher"),
             loop.create_task(self._keep_bus(), name="bus"),
             loop.create_task(self._housekeeping(), name="housekeeping"),
+            loop.create_task(self._report_status(), name="status"),
         ]
         for task in tasks[:2]:
             task.add_done_callback(self._stage_died)

@@ -1,7 +1,9 @@
 """Running the legacy hotplug program for one event, exactly as the kernel would have.
 
 ``argv = [PROGRAM, SUBSYSTEM]``, the environment is the event's keys plus the kernel's
-``HOME=/`` and ``PATH=/sbin:/bin:/usr/sbin:/usr/bin`` and nothing inherited, stdin is /dev/null.
+``HOME=/`` and ``PATH=/sbin:/bin:/usr/sbin:/usr/bin`` and nothing inherited, stdin is at end of
+file (a pipe whose writing end is closed: like /dev/null, but needs nothing in /dev, which a
+busybox system fills only through this very program).
 Spawning is ``os.posix_spawn`` (vfork-cheap); the exit is awaited on a pidfd so the event loop
 keeps draining the kernel socket meanwhile. On timeout the program's process group gets SIGTERM,
 then SIGKILL after a grace period. Its stdout and stderr go to our log, tagged with the event.
@@ -114,6 +116,7 @@ class ProgramRunner:
         self._stdout = _OutputLog(logging.INFO)
         self._stderr = _OutputLog(logging.WARNING)
         self._watching = False
+        self._stdin = empty_input()
         self.spawner: Spawner | None = None  # None: the posix_spawn fast path below
 
     def _watch(self) -> None:
@@ -131,7 +134,7 @@ class ProgramRunner:
             argv,
             env,
             file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, self._stdin, 0),
                 (os.POSIX_SPAWN_DUP2, self._stdout.write_fd, 1),
                 (os.POSIX_SPAWN_DUP2, self._stderr.write_fd, 2),
             ],
@@ -185,6 +188,14 @@ class ProgramRunner:
             self._watching = False
         self._stdout.close()
         self._stderr.close()
+        os.close(self._stdin)
+
+
+def empty_input() -> int:
+    """A descriptor that reads as end of file at once (close-on-exec; dup2 it to 0)."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    os.close(write_fd)
+    return read_fd
 
 
 def describe(outcome: Outcome) -> str:

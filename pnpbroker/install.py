@@ -1,9 +1,12 @@
 """Put the data files (bus policy, activation file, polkit actions, systemd units) where the
 system's dbus-daemon, polkitd and systemd look for them.
 
-The files are plain files in the source tree (``dbus/``, ``polkit/``, ``systemd/``), found next
-to this package's directory, so this works from a checkout or an editable install. Only the path
-of the ``pnpbroker`` program is rewritten, for a prefix other than /usr or an explicit program.
+The files are plain files in the source tree (``dbus/``, ``polkit/``, ``systemd/``). An installed
+package (``pip install``, the wheel, the Debian package's virtualenv) carries copies of them as
+``pnpbroker/data/``; a checkout or an editable install uses the tree's own. Only the path of the
+``pnpbroker`` program is rewritten: by default the one installed with the running Python (so the
+units start what ``pip`` installed, e.g. /opt/pnpbroker/bin/pnpbroker), else
+``prefix/bin/pnpbroker``; a package states its own with ``--program``.
 
 Note that dbus-daemon and polkitd only read /usr/share (and /etc), not /usr/local/share: a prefix
 other than /usr is for staging (with ``destdir``) rather than for a live system.
@@ -13,6 +16,7 @@ Standalone: ``python -m pnpbroker.install [--prefix /usr] [--destdir DIR] [--pro
 
 import argparse
 import sys
+import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,7 @@ from typing import NoReturn
 from pnpbroker.errors import BrokerError
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_PREFIX = Path("/usr")
 # The program path written in the files in the source tree.
 PROGRAM_IN_SOURCES = "/usr/bin/pnpbroker"
@@ -29,7 +34,7 @@ EXIT_SYSTEM = 111
 
 
 class DataFilesMissing(FileNotFoundError, BrokerError):
-    """The data files are not next to the package (for instance, installed from a wheel)."""
+    """The data files are neither in the package nor in a checkout around it."""
 
 
 @dataclass(frozen=True)
@@ -55,20 +60,36 @@ REQUIRED = (
 )
 
 
+def default_source() -> Path:
+    """Where the data files are: the installed package's copies, else the checkout."""
+    if all((PACKAGE_DATA / name).is_file() for name in REQUIRED):
+        return PACKAGE_DATA
+    return SOURCE_ROOT
+
+
+def default_program(prefix: Path) -> Path:
+    """The pnpbroker executable the units start, unless ``--program`` says otherwise: the one
+    installed with this Python (a virtualenv's bin/, /usr/local/bin after ``pip install`` as
+    root), else ``prefix/bin/pnpbroker``."""
+    installed = Path(sysconfig.get_path("scripts")) / "pnpbroker"
+    return installed if installed.is_file() else prefix / "bin" / "pnpbroker"
+
+
 def install(
     prefix: Path = DEFAULT_PREFIX,
     destdir: Path | None = None,
     *,
     program: Path | None = None,
-    source: Path = SOURCE_ROOT,
+    source: Path | None = None,
 ) -> list[Path]:
     """Copy every data file to ``destdir/prefix/...`` and return the paths written, in order.
 
     ``program`` is the pnpbroker executable the activation file and units start
-    (default ``prefix/bin/pnpbroker``). Raises ValueError for a relative path,
+    (default: see ``default_program``). Raises ValueError for a relative path,
     DataFilesMissing when ``source`` lacks the files, OSError when writing fails.
     """
-    program = program or prefix / "bin" / "pnpbroker"
+    program = program or default_program(prefix)
+    source = source or default_source()
     if not prefix.is_absolute() or not program.is_absolute():
         raise ValueError(f"prefix and program must be absolute paths: {prefix}, {program}")
     _check_sources(source)
@@ -99,7 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``pnpbroker install``, for cli.py's sub-command parser."""
     parser.add_argument("--prefix", type=Path, default=DEFAULT_PREFIX, help="default: /usr")
     parser.add_argument("--destdir", type=Path, help="stage under this directory (packaging)")
-    parser.add_argument("--program", type=Path, help="pnpbroker executable to start")
+    parser.add_argument(
+        "--program",
+        type=Path,
+        help="pnpbroker executable the units start (default: the one installed with this "
+        "Python, else PREFIX/bin/pnpbroker)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

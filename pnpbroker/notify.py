@@ -15,7 +15,8 @@ def sd_notify(state: str) -> bool:
         path = "\0" + path[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         try:
-            sock.sendto(state.encode(), path)
+            # Never block the loop: a reader that stopped reading (a test) costs a status line.
+            sock.sendto(state.encode(), socket.MSG_DONTWAIT, path)
         except OSError:
             return False
     return True

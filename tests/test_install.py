@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def relative(paths: list[Path], root: Path) -> set[str]:
 
 
 def test_installs_into_destdir_unchanged_for_usr(tmp_path: Path) -> None:
-    paths = install(destdir=tmp_path)
+    paths = install(destdir=tmp_path, program=Path("/usr/bin/pnpbroker"))
     names = relative(paths, tmp_path)
     assert set(REQUIRED) <= names
     assert {str(Path(name).parent) for name in names} <= DIRECTORIES
@@ -52,10 +53,12 @@ def test_prefix_and_program_are_written_into_the_units(tmp_path: Path) -> None:
     assert "/usr/bin/pnpbroker" not in unit
 
 
-def test_program_defaults_to_prefix_bin(tmp_path: Path) -> None:
+def test_program_defaults_to_the_installed_one(tmp_path: Path) -> None:
+    """The tests run from .venv, where `pnpbroker` is installed beside the interpreter."""
     install(Path("/opt/pnp"), tmp_path)
     unit = (tmp_path / "opt/pnp/lib/systemd/system/pnpbroker.service").read_text()
-    assert "ExecStart=/opt/pnp/bin/pnpbroker run\n" in unit
+    installed = Path(sys.executable).parent / "pnpbroker"
+    assert f"ExecStart={installed} run\n" in unit
 
 
 def test_bad_input_is_refused(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pnpbroker.errors import ConfigError
+from pnpbroker.sizes import parse_size
 from pnpbroker.uevent import Uevent
 
 MODES = ("program", "hotplug.d", "agents")
@@ -26,7 +27,6 @@ LIMITS = {
     for name in dir(resource)
     if name.startswith("RLIMIT_") and name != "RLIMIT_OFILE"  # OFILE: BSD's NOFILE
 }
-_SUFFIXES = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 Limits = tuple[tuple[str, int], ...]
 
@@ -90,12 +90,10 @@ def _limits(key: str, value: object) -> Limits:
 
 
 def _amount(key: str, value: object) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
     if value == "infinity":
         return resource.RLIM_INFINITY
-    if isinstance(value, str) and value[-1:].upper() in _SUFFIXES and value[:-1].isdigit():
-        return int(value[:-1]) * _SUFFIXES[value[-1].upper()]
+    if (number := parse_size(value)) is not None:
+        return number
     raise ConfigError(key, f'expected a count, a size like "64M", or "infinity", got {value!r}')
 
 

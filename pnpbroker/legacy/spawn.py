@@ -3,7 +3,7 @@
 ``os.posix_spawn`` (the fast path in ``pnpbroker.hotplug``) cannot change credentials or
 limits, so when ``user``, ``group`` or ``limits`` are configured the runner starts programs with
 this spawner instead. It does in the child what posix_spawn does (own process group, default
-SIGPIPE/SIGXFSZ, empty signal mask, stdin /dev/null, stdout/stderr to the log pipes) and then:
+SIGPIPE/SIGXFSZ, empty signal mask, stdin at end of file, stdout/stderr to the log pipes) and then:
 limits first (still root, so hard limits may be set), then groups, gid, uid, and ``chdir("/")``.
 A failing step is reported over a close-on-exec pipe, as ``subprocess`` does, and becomes the
 runner's ``cannot run`` outcome. The broker is single-threaded, so fork is safe here.
@@ -19,6 +19,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pnpbroker.hotplug import empty_input
 from pnpbroker.legacy.options import Credentials
 
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
@@ -85,11 +86,18 @@ class ForkSpawner:
 
 
 def _stdio(out: int, err: int) -> None:  # pragma: no cover - runs in the forked child
-    null = os.open("/dev/null", os.O_RDONLY)
-    if null == 0:
-        os.set_inheritable(0, True)  # os.open made it close-on-exec
+    """stdin: an empty pipe (as the fast path: nothing needed in /dev); stdout, stderr: the log."""
+    empty = empty_input()
+    _onto(empty, 0)
+    if empty != 0:
+        os.close(empty)
+    _onto(out, 1)
+    _onto(err, 2)
+
+
+def _onto(fd: int, target: int) -> None:  # pragma: no cover - runs in the forked child
+    """Make ``fd`` the program's ``target`` descriptor, kept across exec."""
+    if fd == target:
+        os.set_inheritable(fd, True)
     else:
-        os.dup2(null, 0)
-        os.close(null)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
+        os.dup2(fd, target)  # the copy is inheritable

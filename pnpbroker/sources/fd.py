@@ -2,8 +2,9 @@
 
 The service manager (``systemd/pnpbroker.socket``) owns the uevent socket, so the kernel's
 events queue in it while the broker restarts. We only check what we were given: a netlink
-datagram socket. Anything else is a wrong invocation that no restart can fix, so it is reported
-as a configuration error (exit code 2, which the unit's RestartPreventExitStatus honours).
+datagram socket (``SOCK_DGRAM``, or ``SOCK_RAW``: the same for netlink, and what systemd's
+``ListenNetlink=`` makes). Anything else is a wrong invocation that no restart can fix, so it is
+reported as a configuration error (exit code 2, which the unit's RestartPreventExitStatus honours).
 """
 
 from __future__ import annotations
@@ -15,13 +16,23 @@ import stat
 from collections.abc import MutableMapping
 
 from pnpbroker.errors import ConfigError
-from pnpbroker.sources.netlink import KERNEL_GROUP, NETLINK_KOBJECT_UEVENT, NetlinkSource
+from pnpbroker.sources.netlink import (
+    KERNEL_GROUP,
+    NETLINK_KOBJECT_UEVENT,
+    NETLINK_TYPES,
+    NetlinkSource,
+)
 
 log = logging.getLogger(__name__)
 
 #: sd_listen_fds(3): passed descriptors start here.
 SD_LISTEN_FDS_START = 3
-_TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_SEQPACKET: "seqpacket", socket.SOCK_RAW: "raw"}
+_TYPES = {
+    socket.SOCK_STREAM: "stream",
+    socket.SOCK_SEQPACKET: "seqpacket",
+    socket.SOCK_RAW: "raw",
+    socket.SOCK_DGRAM: "datagram",
+}
 
 
 def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[int]:
@@ -55,9 +66,9 @@ def describe(fd: int) -> str:
     with socket.socket(fileno=os.dup(fd)) as sock:
         kind = _TYPES.get(sock.type, f"type {int(sock.type)}")
         family = getattr(sock.family, "name", str(sock.family))
-        if sock.type != socket.SOCK_DGRAM:
+        if sock.type not in NETLINK_TYPES:
             return f"a {kind} socket ({family}), not a datagram socket"
-        return f"a datagram socket of family {family}, not AF_NETLINK"
+        return f"a {kind} socket of family {family}, not AF_NETLINK"
 
 
 def open_fd(fd: int) -> NetlinkSource:
@@ -66,7 +77,7 @@ def open_fd(fd: int) -> NetlinkSource:
         sock = socket.socket(fileno=fd)
     except OSError:
         raise ConfigError("source", f"fd {fd} is {describe(fd)}") from None
-    if sock.family != socket.AF_NETLINK or sock.type != socket.SOCK_DGRAM:
+    if sock.family != socket.AF_NETLINK or sock.type not in NETLINK_TYPES:
         reason = describe(fd)
         sock.detach()
         raise ConfigError("source", f"fd {fd} is {reason}: expected a uevent netlink socket")

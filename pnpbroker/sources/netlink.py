@@ -40,13 +40,17 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
     return got
 
 
+#: Netlink treats both alike; systemd's ListenNetlink= makes SOCK_RAW, most programs SOCK_DGRAM.
+NETLINK_TYPES = (socket.SOCK_DGRAM, socket.SOCK_RAW)
+
+
 class NetlinkSource:
     """Drains a uevent netlink socket without blocking; ENOBUFS becomes an :class:`Overflow`."""
 
     eof = False
 
     def __init__(self, sock: socket.socket) -> None:
-        if sock.family != socket.AF_NETLINK or sock.type != socket.SOCK_DGRAM:
+        if sock.family != socket.AF_NETLINK or sock.type not in NETLINK_TYPES:
             raise SourceError(f"fd {sock.fileno()} is not a netlink datagram socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         sock.setblocking(False)
