@@ -2,9 +2,9 @@
 
 Each ``broker_*`` function runs one repetition and returns named values (keys as in
 ``bench.figures``), or raises ``BrokerPending`` when the broker cannot be measured here; the
-table then says why. ``running_broker`` starts the broker the
-way the tests do: ``python -m pnpbroker run --state-dir DIR --no-program`` inside the namespace,
-on a private bus given by DBUS_SYSTEM_BUS_ADDRESS, ready when it sends READY=1 on NOTIFY_SOCKET.
+table then says why. ``running_broker`` starts the broker with the test kit, as the tests do:
+``python -m pnpbroker run --state-dir DIR --no-program`` inside the namespace, on a private
+system-like bus (the project's own policy included), ready when it sends READY=1.
 Its Event signals are counted by ``bench.ceiling subscribe``, the same reader as for the ceiling.
 The storm and coldplug live in ``bench.storm`` and ``bench.coldplug``.
 """
@@ -14,74 +14,50 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import events, harness, spawn
-from bench.dbusbus import private_bus
-from bench.measures import Config, Values, cpu_seconds, idle_usage, ms, subscriber_argv
+from support.broker import BrokerProcess
+from support.bus import SystemBus
+from support.netns import NetNS
 
-BROKER_ARGV = [sys.executable, "-m", "pnpbroker", "run"]
+from bench import events, harness, spawn
+from bench.measures import Config, Values, cpu_seconds, idle_usage, ms, subscriber_argv
 
 
 class BrokerPending(Exception):
     """The broker side of this figure cannot be measured (yet); the reason says why."""
 
 
-def _wait_notify(sock: socket.socket, proc: subprocess.Popen[bytes], limit: float) -> None:
-    sock.settimeout(limit)
-    while True:
-        try:
-            data = sock.recv(4096)
-        except TimeoutError:
-            raise TimeoutError(f"broker sent no READY=1 within {limit} s") from None
-        if b"READY=1" in data.split(b"\n"):
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"broker exited with {proc.returncode} before READY=1")
-
-
 @contextlib.contextmanager
-def running_broker(
-    ns: events.Netns, address: str, extra: list[str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    """The broker inside ``ns`` on the bus at ``address``, after READY=1; stopped on the way out."""
+def running_broker(ns: NetNS, bus: SystemBus, extra: list[str]) -> Iterator[BrokerProcess]:
+    """The broker inside ``ns`` on ``bus``, after READY=1 (the test kit's BrokerProcess, in its
+    own process group so that it can be paused); stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="pnp-bench-broker-") as tmp:
-        notify = Path(tmp) / "notify"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(str(notify))
-        env = harness.python_env({"DBUS_SYSTEM_BUS_ADDRESS": address, "NOTIFY_SOCKET": str(notify)})
-        argv = [*BROKER_ARGV, "--state-dir", str(Path(tmp) / "state"), *(extra or [])]
-        proc = subprocess.Popen(
-            ns.exec_argv(argv), cwd=harness.REPO, env=env, start_new_session=True
-        )
+        broker = BrokerProcess(bus, Path(tmp) / "state", extra, netns=ns)
         try:
-            _wait_notify(sock, proc, 60.0)
-            yield proc
+            broker.start(60.0, start_new_session=True, cwd=harness.REPO)
+            yield broker
         finally:
-            sock.close()
-            if proc.poll() is None:
+            if broker.proc is not None and broker.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGCONT)  # in case it was paused
-                proc.terminate()
-                proc.wait(timeout=60)
+                    os.killpg(broker.pid, signal.SIGCONT)  # in case it was paused
+                broker.stop(60)
+            broker.close()
 
 
 @contextlib.contextmanager
 def broker_setup(
     args: tuple[str, ...] = ("--no-program",),
-) -> Iterator[tuple[events.Netns, str, subprocess.Popen[bytes]]]:
-    """A fresh namespace, a private bus and a ready broker (no legacy program) in them."""
+) -> Iterator[tuple[NetNS, str, BrokerProcess]]:
+    """A fresh namespace, a private system-like bus and a ready broker in them."""
     with (
         events.netns() as ns,
-        private_bus() as address,
-        running_broker(ns, address, list(args)) as proc,
+        SystemBus() as bus,
+        running_broker(ns, bus, list(args)) as broker,
     ):
-        yield ns, address, proc
+        yield ns, bus.address, broker
 
 
 def broker_throughput(cfg: Config) -> Values:

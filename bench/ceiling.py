@@ -6,11 +6,11 @@ speaks the ``bench.peers`` protocol, so it counts the broker's signals and the e
 
 ``python -m bench.ceiling emit`` is the ceiling: dbus-fast sending the same signal shape
 (``tsssa{ss}a{sv}`` on /org/pnp/Broker) as fast as it can, flow-controlled exactly as the
-broker's publisher is and with the broker's own transport (``pnpbroker.busconn.BusLink``): a
+broker's publisher is and with the broker's own transport (``pnpbroker.bus.link.BusLink``): a
 window of 128 signals marshalled into one buffer and written with one write, then a ``GetId``
 round trip to the bus daemon as the barrier (its reply means the daemon has read every signal
 before it), at most 4 windows in flight; ``EAGAIN`` on the socket means "wait for writable"
-(dbus-fast alone would drop the connection). No journal, no handler stage, no name owned: what
+(dbus-fast alone would drop the connection). No journal, no sequencer, no name owned: what
 is left is the bus itself, so broker / ceiling says what the broker's own work costs.
 """
 
@@ -30,9 +30,10 @@ from dbus_fast.aio import MessageBus
 
 from bench.events import NET_DIR, PREFIX
 from bench.peers import Collector
-from pnpbroker import publisher
-from pnpbroker.busconn import BusLink, to_bus_daemon
-from pnpbroker.names import EVENT_SIGNATURE, INTERFACE
+from pnpbroker.bus.link import BusLink
+from pnpbroker.bus.wire import EVENT_SIGNATURE, to_bus_daemon
+from pnpbroker.core import publisher
+from pnpbroker.names import INTERFACE
 
 WINDOW = publisher.WINDOW
 WINDOWS_IN_FLIGHT = publisher.MAX_BARRIERS

@@ -19,9 +19,10 @@ import subprocess
 import sys
 import time
 
+from support.bus import SystemBus
+
 from bench import events
 from bench.broker import running_broker
-from bench.dbusbus import private_bus
 from bench.harness import REPO, python_env
 from bench.measures import Config, Values
 
@@ -43,8 +44,8 @@ def coldplug(cfg: Config) -> Values:
     out: Values = {}
     with (
         events.netns() as ns,
-        private_bus() as address,
-        running_broker(ns, address, ["--no-program"]),
+        SystemBus() as bus,
+        running_broker(ns, bus, ["--no-program"]),
     ):
         if cfg.udevadm is not None:
             argv = [str(cfg.udevadm), "trigger", "--dry-run", "--verbose", "--action=add"]
@@ -52,7 +53,7 @@ def coldplug(cfg: Config) -> Values:
             out["coldplug.udevadm"] = len(listed.splitlines()) / took
         _, listed = _timed(ns.exec_argv([*TRIGGER, "--dry-run"]))
         devices = len(listed.split())
-        argv = [*TRIGGER, "--settle", "--timeout", "120", "--bus-address", address]
+        argv = [*TRIGGER, "--settle", "--timeout", "120", "--bus-address", bus.address]
         settle, _ = _timed(ns.exec_argv(argv))
         _, files = _timed(ns.exec_argv(["sh", "-c", "find /sys/devices -name uevent | wc -l"]))
         floor, _ = _timed(ns.exec_argv(["sh", "-c", SHELL_FLOOR]))

@@ -11,12 +11,15 @@ exact per device. All links are made in group 7 so that one ``link del group 7``
 from __future__ import annotations
 
 import re
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from support.netns import NetNS
 
 GROUP = 7
 PREFIX = "ifb"
@@ -50,52 +53,25 @@ def add_line(i: int) -> str:
     return f"link add {PREFIX}{i} group {GROUP} type ifb\n"
 
 
-@dataclass(frozen=True)
-class Netns:
-    """A network namespace of our own; ``netns()`` makes and always deletes one."""
+def add_probe(ns: NetNS) -> None:
+    """Make the probe link whose ``add`` tells a reader's owner that the reader listens."""
+    ns.ip("link", "add", PROBE, "type", "ifb", check=False)
 
-    name: str
 
-    def exec_argv(self, argv: list[str]) -> list[str]:
-        """argv that runs ``argv`` inside the namespace (so it sees its net-device uevents)."""
-        return ["ip", "netns", "exec", self.name, *argv]
-
-    def ip(self, *args: str) -> None:
-        """Run one ``ip -n NS ...`` command; raise on failure."""
-        subprocess.run(["ip", "-n", self.name, *args], check=True, capture_output=True)
-
-    def delete_links(self) -> None:
-        """Remove every link this module made (one ``link del group 7``)."""
-        subprocess.run(
-            ["ip", "-n", self.name, "link", "del", "group", str(GROUP)],
-            check=False,
-            capture_output=True,
-        )
-
-    def add_probe(self) -> None:
-        """Make the probe link whose ``add`` tells a reader's owner that the reader listens."""
-        subprocess.run(
-            ["ip", "-n", self.name, "link", "add", PROBE, "type", "ifb"],
-            check=False,
-            capture_output=True,
-        )
-
-    def del_probe(self) -> None:
-        subprocess.run(
-            ["ip", "-n", self.name, "link", "del", PROBE], check=False, capture_output=True
-        )
+def del_probe(ns: NetNS) -> None:
+    ns.ip("link", "del", PROBE, check=False)
 
 
 @contextmanager
-def netns() -> Iterator[Netns]:
-    """A fresh namespace ``pnpt-bench-<random>``, deleted (with its links) on the way out."""
-    ns = Netns(f"pnpt-bench-{secrets.token_hex(4)}")
-    subprocess.run(["ip", "netns", "add", ns.name], check=True)
-    try:
-        yield ns
-    finally:
-        ns.delete_links()
-        subprocess.run(["ip", "netns", "del", ns.name], check=False)
+def netns() -> Iterator[NetNS]:
+    """A fresh namespace ``pnpt-bench-<random>`` (the test kit's), deleted with its links."""
+    from support.netns import NetNS
+
+    with NetNS(tag="bench") as ns:
+        try:
+            yield ns
+        finally:
+            ns.ip("link", "del", "group", str(GROUP), check=False)
 
 
 @dataclass(frozen=True)
@@ -107,11 +83,11 @@ class Sent:
     end: float
 
 
-def _batch(ns: Netns) -> subprocess.Popen[bytes]:
+def _batch(ns: NetNS) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["ip", "-n", ns.name, "-batch", "-"], stdin=subprocess.PIPE, bufsize=0)
 
 
-def burst(ns: Netns, links: int) -> Sent:
+def burst(ns: NetNS, links: int) -> Sent:
     """All ``links`` lines at once: the kernel makes the events as fast as it can.
 
     ``end`` is when ``ip`` exited, i.e. when the kernel had made the last event. Per-line send
@@ -129,7 +105,7 @@ def burst(ns: Netns, links: int) -> Sent:
     return Sent([start] * links, start, time.monotonic())
 
 
-def steady(ns: Netns, links: int, rate: float, per_batch: int = 2) -> Sent:
+def steady(ns: NetNS, links: int, rate: float, per_batch: int = 2) -> Sent:
     """``links`` links paced at ``rate`` uevents/s, ``per_batch`` lines per write.
 
     Each write is stamped just before it goes into ip's stdin pipe; ip reads lines as they come.

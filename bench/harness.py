@@ -20,8 +20,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.events import EVENTS_PER_LINK, Netns, Record, Sent, link_index
+from bench.events import EVENTS_PER_LINK, Record, Sent, add_probe, del_probe, link_index
+
+if TYPE_CHECKING:
+    from support.netns import NetNS
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
@@ -115,13 +119,13 @@ def resume_group(pid: int) -> float:
     return now
 
 
-def peer_argv(ns: Netns, kind: str, links: int, timeout: float) -> list[str]:
+def peer_argv(ns: NetNS, kind: str, links: int, timeout: float) -> list[str]:
     """A ``bench.peers`` reader of ``kind`` inside the namespace."""
     cmd = [sys.executable, "-m", "bench.peers", kind, "--links", str(links)]
     return ns.exec_argv([*cmd, "--timeout", str(timeout)])
 
 
-def wait_ready(ns: Netns | None, readers: list[Reader], limit: float = 30.0) -> None:
+def wait_ready(ns: NetNS | None, readers: list[Reader], limit: float = 30.0) -> None:
     """Add and remove the probe link until every reader has seen it (or ``limit`` passes).
 
     Without a namespace (the D-Bus ceiling) the readers say READY by themselves.
@@ -129,10 +133,10 @@ def wait_ready(ns: Netns | None, readers: list[Reader], limit: float = 30.0) -> 
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if ns is not None:
-            ns.add_probe()
+            add_probe(ns)
         ready = all(r.poll_ready(0.5) for r in readers)
         if ns is not None:
-            ns.del_probe()
+            del_probe(ns)
         if ready:
             return
     raise TimeoutError("readers not ready: " + " ".join(str(r.argv) for r in readers))

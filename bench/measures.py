@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.bus import SystemBus
+
 from bench import events, harness, spawn
-from bench.dbusbus import private_bus
 from bench.events import EVENTS_PER_LINK
 
 Values = dict[str, float]
@@ -104,10 +105,11 @@ def subscriber_argv(address: str, links: int, ready_on_match: bool) -> list[str]
 
 
 def dbus_ceiling(cfg: Config, ten_keys: bool = False) -> Values:
-    """Events/s from a bare dbus-fast emitter to a subscriber on a private bus."""
+    """Events/s from a bare dbus-fast emitter to a subscriber on a private system-like bus."""
     key = "ceiling10" if ten_keys else "ceiling"
     links = cfg.ceiling_links
-    with private_bus() as address:
+    with SystemBus() as bus:
+        address = bus.address
         reader = harness.Reader(subscriber_argv(address, links, ready_on_match=True))
         harness.wait_ready(None, [reader])
         emit = [sys.executable, "-m", "bench.ceiling", "emit", "--address", address]
@@ -163,8 +165,8 @@ def idle_usage(pid: int, seconds: float) -> Values:
 
 def idle_subscriber(cfg: Config) -> Values:
     """The idle reference: a dbus-fast process connected to a bus with a match, doing nothing."""
-    with private_bus() as address:
-        reader = harness.Reader(subscriber_argv(address, 1, ready_on_match=True))
+    with SystemBus() as bus:
+        reader = harness.Reader(subscriber_argv(bus.address, 1, ready_on_match=True))
         try:
             harness.wait_ready(None, [reader])
             usage = idle_usage(reader.proc.pid, cfg.idle_seconds)

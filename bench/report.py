@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from bench import tools
-from bench.dbusbus import daemon_version
 from bench.measures import Config
 
 HEADER = ["figure", "value (median)", "spread (min-max)", "peer/limit", "ratio"]
@@ -31,10 +30,11 @@ the reader's Python code on CLOCK_MONOTONIC, so it includes ip and the kernel ma
 netlink listener's figure is that floor). *burst latency*: per SEQNUM, after a minimal netlink
 reader running alongside in the same namespace. *D-Bus ceiling*: a bare dbus-fast emitter sends
 the same `Event` signals (`tsssa{{ss}}a{{sv}}`, the real keys of those uevents) to a subscriber
-on a private dbus-daemon, flow-controlled exactly as the broker's publisher (its own `BusLink`):
-128 signals marshalled into one buffer and sent with one write, a `GetId` round trip to the bus
-daemon as the barrier after each window, at most 4 windows in flight, EAGAIN = wait for writable;
-events/s from the first to the last signal received. *spawn limit*: a tight
+on a private system-like dbus-daemon (the test kit's), flow-controlled exactly as the broker's
+publisher (its own `BusLink`): 128 signals marshalled into one buffer and sent with one write, a
+`GetId` round trip to the bus daemon as the barrier after each window, at most 4 windows in
+flight, EAGAIN = wait for writable; events/s from the first to the last signal received. *spawn
+limit*: a tight
 `os.posix_spawn`+`os.waitpid` loop of `/bin/true net` with a uevent's environment (8 keys) and
 the broker's spawn attributes (stdin /dev/null, stdout/stderr to a pipe, own process group).
 *legacy*: the broker with `-p /bin/true`, SIGSTOPped while {legacy} link adds queue, then
@@ -149,3 +149,8 @@ def render(rows: list[list[str]], cfg: Config, args: argparse.Namespace, elapsed
             ),
         ]
     )
+
+
+def daemon_version() -> str:
+    out = subprocess.run(["dbus-daemon", "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.splitlines()[0].rsplit(" ", 1)[-1] if out.stdout else "?"

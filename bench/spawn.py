@@ -2,7 +2,7 @@
 
 The broker's legacy path (one program per event, strictly serial) can go no faster than a tight
 ``os.posix_spawn`` + ``os.waitpid`` loop of the same program with the same environment and the
-same spawn attributes as ``pnpbroker.hotplug.ProgramRunner`` uses: argv ``[PROGRAM, "net"]``,
+same spawn attributes as ``pnpbroker.legacy.runner.ProgramRunner`` uses: argv ``[PROGRAM, "net"]``,
 the event's keys plus the kernel's HOME and PATH, stdin from /dev/null, stdout and stderr into a
 pipe, its own process group, SIGPIPE/SIGXFSZ at their defaults, an empty signal mask. The same
 loop in C gives context: what Python's own overhead costs. The storm's program is
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.tools import compile_c
-from pnpbroker.hotplug import KERNEL_ENV
+from pnpbroker.legacy.runner import KERNEL_ENV
 
 PROGRAM = "/bin/true"
 HERE = Path(__file__).resolve().parent

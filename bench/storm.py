@@ -29,12 +29,12 @@ from pathlib import Path
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+from support.bus import SystemBus
 
 from bench import events, harness, spawn
 from bench.broker import BrokerPending, running_broker
-from bench.dbusbus import private_bus
 from bench.measures import Config, Values
-from pnpbroker.busconn import to_bus_daemon
+from pnpbroker.bus.wire import to_bus_daemon
 from pnpbroker.names import BUS_NAME, INTERFACE, OBJECT_PATH
 
 DEVICE = "storm0"
@@ -50,27 +50,27 @@ def broker_storm(cfg: Config) -> Values:
     uuid = str(uuidlib.uuid4())
     with (
         events.netns() as ns,
-        private_bus() as address,
-        running_broker(ns, address, ["-p", str(program)]) as proc,
+        SystemBus() as bus,
+        running_broker(ns, bus, ["-p", str(program)]) as proc,
     ):
         ns.ip("link", "add", DEVICE, "type", "ifb")
-        sub = harness.Reader(_subscriber_argv(address, uuid, cfg.storm_events, floor * 4 + 300))
+        limit = floor * 4 + 300
+        sub = harness.Reader(_subscriber_argv(bus.address, uuid, cfg.storm_events, limit))
         try:
             harness.wait_ready(None, [sub])
             start = time.monotonic()
             writer = [sys.executable, "-m", "bench.storm", "write", "--uuid", uuid]
             harness.run_checked(ns.exec_argv([*writer, "--count", str(cfg.storm_events)]))
-            got = json.loads(sub.lines.get(timeout=floor * 4 + 360))
-            stats = asyncio.run(statistics(address))
+            got = json.loads(sub.lines.get(timeout=limit + 60))
+            stats = asyncio.run(statistics(bus.address))
             hwm = vm_hwm(proc.pid)
         finally:
             sub.stop()
-    lost = cfg.storm_events - got["ours"] + got["gaps"] + got["repeats"]
     return {
         "broker.storm.drain": got["last"] - start,
         "storm.floor": floor,
         "broker.storm.overflows": float(stats["overflows"]),
-        "broker.storm.lost": float(lost),
+        "broker.storm.lost": float(cfg.storm_events - got["ours"] + got["gaps"] + got["repeats"]),
         "broker.storm.rss": hwm,
     }
 

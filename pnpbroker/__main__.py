@@ -2,6 +2,6 @@
 
 import sys
 
-from pnpbroker.cli import main
+from pnpbroker.commands import main
 
 sys.exit(main())

@@ -86,7 +86,11 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What the legacy program did with an event (``Event.handler``); None if none ran."""
+    """What the legacy program did with an event (``Event.handler``); None if none ran.
+
+    ``runs`` holds each program's own outcome when the broker ran several for the event
+    (``hotplug.d`` mode); ``raw`` is the whole ``a{sv}`` with the Variants unwrapped.
+    """
 
     program: str
     status: int
@@ -96,6 +100,7 @@ class Outcome:
     skipped: bool
     error: str
     raw: Mapping[str, Any]
+    runs: tuple[Outcome, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -106,7 +111,10 @@ class Outcome:
     def from_variants(cls, values: Mapping[str, Any]) -> Outcome | None:
         if not values:
             return None
-        plain = MappingProxyType({k: _plain(v) for k, v in values.items()})
+        return cls._from_plain(MappingProxyType({k: _plain(v) for k, v in values.items()}))
+
+    @classmethod
+    def _from_plain(cls, plain: Mapping[str, Any]) -> Outcome:
         return cls(
             program=str(plain.get("program", "")),
             status=int(plain.get("status", 0)),
@@ -116,6 +124,7 @@ class Outcome:
             skipped=bool(plain.get("skipped", False)),
             error=str(plain.get("error", "")),
             raw=plain,
+            runs=tuple(cls._from_plain(MappingProxyType(run)) for run in plain.get("runs", ())),
         )
 
 

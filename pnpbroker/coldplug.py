@@ -3,20 +3,18 @@
 Modelled on skarnet's mdevd-coldplug and `udevadm trigger`: nothing here invents an event.
 Writing `ACTION UUID` into a device's `uevent` file makes the kernel emit a real uevent for
 that device, carrying `SYNTH_UUID=<uuid>`, so a listener (the broker, or `--settle`) can tell
-which events this run caused and count them.
+which events this run caused and count them. A library: ``pnpbroker trigger``
+(:mod:`pnpbroker.commands.trigger`) parses the arguments and prints.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
-import sys
 import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
 from pnpbroker.errors import BrokerError
 
@@ -198,83 +196,3 @@ def _write(path: Path, message: bytes) -> int:
     finally:
         os.close(fd)
     return 0
-
-
-# The `pnpbroker trigger` command. cli.py adds these arguments to its subparser and calls
-# `run_trigger`; `--settle` (needs the broker on D-Bus) wraps `trigger_from_args` instead.
-
-
-def add_trigger_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `[--subsystem S]... [--action add] [--dry-run] [--sysfs PATH]` to `parser`."""
-    parser.add_argument(
-        "-s",
-        "--subsystem",
-        action="append",
-        default=[],
-        metavar="S",
-        help="only devices of subsystem S (repeatable: any of them); default all devices",
-    )
-    parser.add_argument(
-        "-c",
-        "--action",
-        default="add",
-        metavar="ACTION",
-        help=f"the action the kernel re-sends: {', '.join(ACTIONS)} (default add)",
-    )
-    parser.add_argument("--uuid", help="the SYNTH_UUID to use (default: a fresh one)")
-    parser.add_argument(
-        "-n",
-        "--dry-run",
-        action="store_true",
-        help="write nothing; print the devpaths that would be triggered",
-    )
-    parser.add_argument("--sysfs", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
-
-
-def trigger_from_args(args: argparse.Namespace, progress: Progress | None = None) -> TriggerResult:
-    """Walk and trigger as the arguments say; raises InvalidTrigger before touching anything."""
-    uuid = args.uuid or str(uuidlib.uuid4())
-    check(args.action, uuid)
-    devices = walk(args.sysfs, args.subsystem)
-    return trigger(devices, args.action, uuid, dry_run=args.dry_run, progress=progress)
-
-
-def run_trigger(args: argparse.Namespace) -> int:
-    """The whole command: 0 done, 100 bad arguments, 111 nothing could be written."""
-    with _TerminalProgress(sys.stderr) as progress:
-        try:
-            result = trigger_from_args(args, progress if progress.enabled else None)
-        except InvalidTrigger as e:
-            print(f"pnpbroker trigger: {e}", file=sys.stderr)
-            return 100
-    for failure in result.failed:
-        print(f"pnpbroker trigger: warning: {failure}", file=sys.stderr)
-    if result.dry_run:
-        for device in result.devices:
-            print(device.devpath)
-    if result.devices and len(result.failed) == len(result.devices):
-        return 111
-    return 0
-
-
-class _TerminalProgress:
-    """Shows `N devices` on a terminal, rewritten in place; does nothing when not a tty."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.count = 0
-
-    def __enter__(self) -> _TerminalProgress:
-        return self
-
-    def __call__(self, count: int) -> None:
-        self.count = count
-        if count % 64 == 0:  # a terminal write per device would cost more than the trigger
-            self.stream.write(f"\r{count} devices")
-            self.stream.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled and self.count:
-            self.stream.write(f"\r{self.count} devices\n")
-            self.stream.flush()

@@ -14,13 +14,10 @@ other than /usr is for staging (with ``destdir``) rather than for a live system.
 Standalone: ``python -m pnpbroker.install [--prefix /usr] [--destdir DIR] [--program PATH]``.
 """
 
-import argparse
 import sys
 import sysconfig
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 from pnpbroker.errors import BrokerError
 
@@ -29,8 +26,6 @@ PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_PREFIX = Path("/usr")
 # The program path written in the files in the source tree.
 PROGRAM_IN_SOURCES = "/usr/bin/pnpbroker"
-EXIT_USAGE = 100
-EXIT_SYSTEM = 111
 
 
 class DataFilesMissing(FileNotFoundError, BrokerError):
@@ -116,47 +111,7 @@ def _copy(path: Path, directory: Path, program: str) -> Path:
     return target
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``pnpbroker install``, for cli.py's sub-command parser."""
-    parser.add_argument("--prefix", type=Path, default=DEFAULT_PREFIX, help="default: /usr")
-    parser.add_argument("--destdir", type=Path, help="stage under this directory (packaging)")
-    parser.add_argument(
-        "--program",
-        type=Path,
-        help="pnpbroker executable the units start (default: the one installed with this "
-        "Python, else PREFIX/bin/pnpbroker)",
-    )
+if __name__ == "__main__":  # python -m pnpbroker.install: the same as ``pnpbroker install``
+    from pnpbroker.commands import main
 
-
-def run(args: argparse.Namespace) -> int:
-    """Install, print each path written, and return an exit code (0, 100 usage, 111 system)."""
-    try:
-        paths = install(args.prefix, args.destdir, program=args.program)
-    except ValueError as exc:
-        print(f"pnpbroker install: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"pnpbroker install: {exc}", file=sys.stderr)
-        return EXIT_SYSTEM
-    for path in paths:
-        print(path)
-    return 0
-
-
-class _Parser(argparse.ArgumentParser):
-    """Exits 100 on a usage error, as every pnpbroker command does (argparse would use 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def main_install(argv: Sequence[str] | None = None) -> int:
-    """``pnpbroker install`` on its own: parse ``argv`` (without the program name) and run."""
-    parser = _Parser(prog="pnpbroker install", description="Install the data files.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main_install())
+    sys.exit(main(["install", *sys.argv[1:]]))

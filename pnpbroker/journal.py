@@ -5,6 +5,8 @@ broker. The journal assigns the public ``sequence`` (1, 2, 3, ...; AUTOINCREMENT
 being reused even after retention deleted every row). Two cursors say how far the serial stages
 got: ``handled`` (the legacy program finished, its outcome stored) and ``published`` (the bus
 daemon acknowledged the signal). After a crash, what lies past a cursor is done again.
+An event's outcome is stored as JSON in the ``handler`` column (the name of the Event signal's
+argument that carries it): ``{}`` when nothing ran, NULL until the event is handled.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import json
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
+from pnpbroker.outcome import Outcome
 from pnpbroker.uevent import Uevent, parse, serialize
 
 SCHEMA_VERSION = 1
@@ -37,8 +39,6 @@ CREATE TABLE IF NOT EXISTS cursors (
 INSERT OR IGNORE INTO cursors VALUES ('handled', 0), ('published', 0);
 """
 
-Handler = Mapping[str, Any]
-
 #: Unpublished records kept in memory so the stages do not read back what was just written
 #: (empty when the broker keeps up; a longer backlog is read back from SQLite).
 TAIL_SIZE = 16384
@@ -46,15 +46,16 @@ TAIL_SIZE = 16384
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A journalled event: its sequence, the event, and the program's outcome once handled."""
+    """A journalled event: its sequence, the event, and its outcome once handled (None when
+    nothing ran, or not yet)."""
 
     sequence: int
     event: Uevent
-    handler: Handler | None
+    outcome: Outcome | None
 
 
 class Journal:
-    """The event store shared by the reader, the handler stage, the publisher and GetEvents."""
+    """The event store shared by the reader, the sequencer, the publisher and GetEvents."""
 
     def __init__(self, path: Path, max_events: int = 100_000, max_age: float = 7 * 86400) -> None:
         self.path = path
@@ -123,8 +124,8 @@ class Journal:
 
     def _records(self, sql: str, *args: object) -> list[Record]:
         return [
-            Record(seq, parse(raw), json.loads(handler) if handler is not None else None)
-            for seq, raw, handler in self._db.execute(sql, args)
+            Record(seq, parse(raw), _outcome(stored))
+            for seq, raw, stored in self._db.execute(sql, args)
         ]
 
     def unhandled(self, limit: int) -> list[Record]:
@@ -138,15 +139,16 @@ class Journal:
             limit,
         )
 
-    def record_outcome(self, sequence: int, handler: Handler) -> None:
+    def record_outcome(self, sequence: int, outcome: Outcome | None) -> None:
         """Store one event's outcome, durably: one row, one commit (the cursor follows lazily;
         reopening finds the last outcome stored)."""
-        self._db.execute("UPDATE events SET handler=? WHERE seq=?", (json.dumps(handler), sequence))
+        stored = json.dumps(outcome.to_json() if outcome is not None else {})
+        self._db.execute("UPDATE events SET handler=? WHERE seq=?", (stored, sequence))
         self.handled = sequence
         self._dirty = True
         tail = self._tail
         if tail and 0 <= (index := sequence - tail[0].sequence) < len(tail):
-            tail[index] = Record(sequence, tail[index].event, handler)
+            tail[index] = Record(sequence, tail[index].event, outcome)
 
     def skip_handling(self, through: int) -> None:
         """No program runs: everything up to ``through`` counts as handled (saved lazily)."""
@@ -207,3 +209,7 @@ class Journal:
     def close(self) -> None:
         self.flush()
         self._db.close()
+
+
+def _outcome(stored: str | None) -> Outcome | None:
+    return None if stored is None else Outcome.from_json(json.loads(stored))

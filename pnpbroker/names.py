@@ -6,9 +6,6 @@ BUS_NAME: Final = "org.pnp.Broker"
 OBJECT_PATH: Final = "/org/pnp/Broker"
 INTERFACE: Final = "org.pnp.Broker1"
 
-# The signature of the Event signal and of one GetEvents row.
-EVENT_SIGNATURE: Final = "tsssa{ss}a{sv}"
-
 ERROR_PREFIX: Final = "org.pnp.Broker1.Error"
 ERROR_NOT_AUTHORIZED: Final = f"{ERROR_PREFIX}.NotAuthorized"
 ERROR_INVALID_ARGS: Final = f"{ERROR_PREFIX}.InvalidArguments"

@@ -3,26 +3,24 @@
 The kernel answers each accepted ``uevent`` write with one event carrying our SYNTH_UUID, so
 "settled" means: as many Event signals with ``properties["SYNTH_UUID"] == uuid`` as writes were
 accepted. We subscribe before writing (a signal sent before the match exists is never seen), and
-write from a thread so the loop keeps reading signals meanwhile.
+write from a thread so the loop keeps reading signals meanwhile. A library: the command's
+arguments and messages are in :mod:`pnpbroker.commands.trigger`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 import time
-import uuid as uuidlib
+from collections.abc import Callable
 
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from pnpbroker import coldplug, names
-from pnpbroker.busconn import to_bus_daemon
+from pnpbroker.bus.wire import EVENT_SIGNATURE, to_bus_daemon
 from pnpbroker.errors import BrokerError
 
 DEFAULT_TIMEOUT = 120.0
-EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, EXIT_SYSTEM = 0, 1, 100, 111
 MATCH = (
     f"type='signal',sender='{names.BUS_NAME}',path='{names.OBJECT_PATH}',"
     f"interface='{names.INTERFACE}',member='Event'"
@@ -65,7 +63,7 @@ class Watcher:
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL or msg.member != "Event":
             return
-        if msg.interface != names.INTERFACE or msg.signature != names.EVENT_SIGNATURE:
+        if msg.interface != names.INTERFACE or msg.signature != EVENT_SIGNATURE:
             return
         if msg.body[4].get("SYNTH_UUID") == self.uuid:
             self.seen += 1
@@ -89,57 +87,17 @@ class Watcher:
         self.bus.disconnect()
 
 
-def add_settle_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--settle``, ``--timeout S`` and ``--bus-address`` beside coldplug's own arguments."""
-    parser.add_argument(
-        "--settle",
-        action="store_true",
-        help="wait until the broker has published every event this trigger caused",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help=f"give up settling after S seconds (default {DEFAULT_TIMEOUT:g}; exit code 1)",
-    )
-    parser.add_argument("--bus-address", help="D-Bus address (default: the system bus)")
-
-
-async def settle(args: argparse.Namespace) -> tuple[coldplug.TriggerResult, float]:
-    """Subscribe, trigger (in a thread), wait; the result and the seconds it took to settle."""
-    args.uuid = args.uuid or str(uuidlib.uuid4())
-    coldplug.check(args.action, args.uuid)  # bad arguments: fail before connecting
-    watcher = await Watcher.connect(args.bus_address, args.uuid)
+async def settle(
+    trigger: Callable[[], coldplug.TriggerResult], uuid: str, address: str | None, seconds: float
+) -> tuple[coldplug.TriggerResult, float]:
+    """Subscribe to the Events carrying SYNTH_UUID=``uuid``, run ``trigger`` (which writes that
+    uuid) in a thread, and wait up to ``seconds`` for as many as it wrote; the result and the
+    seconds it took."""
+    watcher = await Watcher.connect(address, uuid)
     try:
         start = time.monotonic()
-        with coldplug._TerminalProgress(sys.stderr) as progress:
-            result = await asyncio.to_thread(
-                coldplug.trigger_from_args, args, progress if progress.enabled else None
-            )
-        await watcher.wait(result.written, args.timeout)
+        result = await asyncio.to_thread(trigger)
+        await watcher.wait(result.written, seconds)
         return result, time.monotonic() - start
     finally:
         watcher.close()
-
-
-def run_settle(args: argparse.Namespace) -> int:
-    """The whole ``trigger --settle`` command; exit codes as ``run_trigger``, 1 on timeout."""
-    if args.dry_run:
-        return coldplug.run_trigger(args)
-    try:
-        result, _ = asyncio.run(settle(args))
-    except coldplug.InvalidTrigger as exc:
-        print(f"pnpbroker trigger: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except NotSettled as exc:
-        print(f"pnpbroker trigger: {exc}", file=sys.stderr)
-        return EXIT_TIMEOUT
-    except (OSError, EOFError) as exc:
-        print(f"pnpbroker trigger: cannot watch the broker on the bus: {exc}", file=sys.stderr)
-        return EXIT_SYSTEM
-    for failure in result.failed:
-        print(f"pnpbroker trigger: warning: {failure}", file=sys.stderr)
-    if result.devices and len(result.failed) == len(result.devices):
-        return EXIT_SYSTEM
-    return EXIT_OK

@@ -20,14 +20,9 @@ from typing import Any
 import pytest
 from support.netns import NetNS, Uevent, collect_uevents, netns_uevent_socket
 
-from pnpbroker.coldplug import (
-    Device,
-    InvalidTrigger,
-    add_trigger_arguments,
-    run_trigger,
-    trigger,
-    walk,
-)
+from pnpbroker.coldplug import Device, InvalidTrigger, trigger, walk
+from pnpbroker.commands.trigger import add_arguments as add_trigger_arguments
+from pnpbroker.commands.trigger import main as run_trigger
 from pnpbroker.errors import BrokerError
 
 # ---------------------------------------------------------------------------------------------

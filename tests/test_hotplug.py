@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pnpbroker.hotplug import KERNEL_ENV, ProgramHandler, ProgramRunner, describe
+from pnpbroker.legacy.modes import ProgramMode
+from pnpbroker.legacy.runner import KERNEL_ENV, ProgramRunner
+from pnpbroker.outcome import describe
 from pnpbroker.uevent import from_properties
 
 EVENT = from_properties(
@@ -50,10 +52,10 @@ async def test_argv_environment_and_stdin(
         f"readlink /proc/$$/fd/0 > {out}.stdin\n"
         f"cat > {out}.read\n",
     )
-    handler = ProgramHandler(program, runner)
-    result = await handler.handle(EVENT, 5)
+    mode = ProgramMode(program, runner)
+    result = await mode.run(EVENT, 5)
     runner.close()
-    assert result["status"] == 0
+    assert result.status == 0
     assert (tmp_path / "out.argv").read_text().splitlines() == [program, "net"]
     env = (tmp_path / "out.env").read_bytes().split(b"\0")[:-1]
     got = dict(item.decode().split("=", 1) for item in env)
@@ -69,10 +71,10 @@ async def test_env_program_sees_exactly_the_event(
 ) -> None:
     """`env` itself as the program: argv[1] (the subsystem) names what env runs, here env again."""
     event = from_properties({**EVENT.properties, "SUBSYSTEM": "/usr/bin/env"})
-    with caplog.at_level(logging.INFO, logger="pnpbroker.hotplug"):
-        result = await ProgramHandler("/usr/bin/env", runner).handle(event, 9)
+    with caplog.at_level(logging.INFO, logger="pnpbroker.legacy.runner"):
+        result = await ProgramMode("/usr/bin/env", runner).run(event, 9)
     runner.close()
-    assert result["status"] == 0
+    assert result.status == 0
     prefix = "event 9: env: "
     messages = [r.getMessage() for r in caplog.records]
     lines = [m.removeprefix(prefix) for m in messages if m.startswith(prefix)]
@@ -84,7 +86,7 @@ async def test_output_is_logged_with_the_event_label(
     tmp_path: Path, runner: ProgramRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     program = _script(tmp_path, "talk", 'echo "to stdout"\necho "to stderr" >&2\nprintf tail\n')
-    with caplog.at_level(logging.INFO, logger="pnpbroker.hotplug"):
+    with caplog.at_level(logging.INFO, logger="pnpbroker.legacy.runner"):
         outcome = await runner.run([program, "net"], {}, "event 42")
     runner.close()
     assert outcome.ok
@@ -97,7 +99,7 @@ async def test_output_is_logged_with_the_event_label(
 async def test_nonzero_exit_and_signal_death(tmp_path: Path, runner: ProgramRunner) -> None:
     failing = await runner.run([_script(tmp_path, "fail", "exit 3\n"), "net"], {}, "event 1")
     assert (failing.status, failing.signal, failing.timed_out) == (3, 0, False)
-    assert failing.as_handler()["status"] == 3
+    assert failing.to_json()["status"] == 3
     crashing = await runner.run([_script(tmp_path, "crash", "kill -SEGV $$\n"), "x"], {}, "e 2")
     runner.close()
     assert (crashing.status, crashing.signal, crashing.timed_out) == (-1, signal.SIGSEGV, False)
@@ -109,7 +111,7 @@ async def test_missing_program_is_reported(tmp_path: Path, runner: ProgramRunner
     runner.close()
     assert outcome.status == -1
     assert "cannot run" in outcome.error
-    assert outcome.as_handler()["error"] == outcome.error
+    assert outcome.to_json()["error"] == outcome.error
 
 
 async def test_timeout_term_then_next_proceeds(tmp_path: Path) -> None:

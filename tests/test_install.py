@@ -11,7 +11,8 @@ import pytest
 from support import REPO_ROOT, require_binaries
 from support.bus import SystemBus
 
-from pnpbroker.install import DataFilesMissing, install, main_install
+from pnpbroker.commands import main
+from pnpbroker.install import DataFilesMissing, install
 
 REQUIRED = {
     "usr/share/dbus-1/system.d/org.pnp.Broker.conf": "dbus/org.pnp.Broker.conf",
@@ -72,12 +73,12 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
 def test_command_prints_paths_and_uses_exit_codes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main_install(["--destdir", str(tmp_path)]) == 0
+    assert main(["install", "--destdir", str(tmp_path)]) == 0
     files = {str(p) for p in tmp_path.rglob("*") if p.is_file()}
     assert set(capsys.readouterr().out.split()) == files
-    assert main_install(["--prefix", "relative"]) == 100
+    assert main(["install", "--prefix", "relative"]) == 100
     with pytest.raises(SystemExit) as caught:
-        main_install(["--no-such-option"])
+        main(["install", "--no-such-option"])
     assert caught.value.code == 100
 
 

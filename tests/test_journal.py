@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from pnpbroker.journal import Journal
+from pnpbroker.outcome import Outcome
 from pnpbroker.uevent import Uevent, from_properties
 
 
@@ -27,7 +28,7 @@ def _events(first_seqnum: int, count: int) -> list[Uevent]:
 
 def _handle_and_publish(journal: Journal) -> None:
     for record in journal.unhandled(10_000):
-        journal.record_outcome(record.sequence, {"status": 0})
+        journal.record_outcome(record.sequence, Outcome(status=0))
     journal.mark_published(journal.handled)
     journal.flush()
 
@@ -63,15 +64,15 @@ def test_cursors_survive_reopen(tmp_path: Path) -> None:
     journal = Journal(path)
     journal.append(_events(1, 5))
     for record in journal.unhandled(3):
-        journal.record_outcome(record.sequence, {"status": record.sequence})
+        journal.record_outcome(record.sequence, Outcome(status=record.sequence))
     journal.mark_published(2)
     journal.flush()
     journal.close()
     reopened = Journal(path)
     assert (reopened.last, reopened.handled, reopened.published) == (5, 3, 2)
     assert [r.sequence for r in reopened.unhandled(100)] == [4, 5]
-    assert [(r.sequence, r.handler) for r in reopened.between(2, reopened.handled, 100)] == [
-        (3, {"status": 3})
+    assert [(r.sequence, r.outcome) for r in reopened.between(2, reopened.handled, 100)] == [
+        (3, Outcome(status=3))
     ]
     # GetEvents returns every handled event: their outcomes are final, whatever was acknowledged.
     assert [r.sequence for r in reopened.between(0, reopened.handled, 100)] == [1, 2, 3]
@@ -85,7 +86,7 @@ def test_outcome_is_durable_without_flush(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     journal = Journal(path)
     journal.append(_events(1, 2))
-    journal.record_outcome(1, {"status": 7})
+    journal.record_outcome(1, Outcome(status=7))
     # No close(), no flush(): read the file from a second connection, as a restart would.
     reopened = Journal(path)
     assert reopened.handled == 1
@@ -98,7 +99,7 @@ def test_retention_by_count_deletes_only_published(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite", max_events=2)
     journal.append(_events(1, 10))
     for record in journal.unhandled(6):
-        journal.record_outcome(record.sequence, {})
+        journal.record_outcome(record.sequence, None)
     journal.mark_published(6)
     assert journal.prune() == 4  # 1..4 go; 5 and 6 are the two kept; 7..10 are unpublished
     assert journal.oldest == 5
@@ -112,7 +113,7 @@ def test_retention_by_age_deletes_only_published(tmp_path: Path) -> None:
     journal = Journal(path, max_events=1000, max_age=3600)
     journal.append(_events(1, 6))
     for record in journal.unhandled(4):
-        journal.record_outcome(record.sequence, {})
+        journal.record_outcome(record.sequence, None)
     journal.mark_published(4)
     journal.flush()
     old = time.time() - 7200

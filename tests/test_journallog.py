@@ -16,8 +16,8 @@ from pnpbroker.journallog import JournalFormatter, priority, stderr_is_journal
 
 EMIT = (
     "import logging, sys\n"
-    "from pnpbroker.cli import _setup_logging\n"
-    "_setup_logging('debug')\n"
+    "from pnpbroker.commands.run import setup_logging\n"
+    "setup_logging('debug')\n"
     "log = logging.getLogger('pnpbroker')\n"
     "log.debug('d'); log.info('i'); log.warning('w'); log.error('e\\nsecond line')\n"
 )

@@ -24,9 +24,8 @@ from support.netns import NetNS
 
 from pnpbroker import config
 from pnpbroker.errors import ConfigError
-from pnpbroker.hotplug import ProgramRunner
-from pnpbroker.legacy import make_handler, planned
-from pnpbroker.legacy.handlers import AgentHandler, SkippingHandler
+from pnpbroker.legacy import ProgramRunner, make_mode, planned
+from pnpbroker.legacy.modes import AgentMode, SkipList
 from pnpbroker.uevent import Uevent, from_properties
 
 NOBODY = 65534
@@ -63,12 +62,13 @@ def public_dir() -> Iterator[Path]:
 
 
 async def handle(cfg: config.Config, ev: Uevent) -> dict[str, Any]:
-    """Run the configured handler for one event with a real runner."""
+    """Run the configured mode for one event with a real runner; the outcome as journalled."""
     runner = ProgramRunner(timeout=30)
     try:
-        handler = make_handler(cfg, runner)
-        assert handler is not None
-        return await handler.handle(ev, 1)
+        mode = make_mode(cfg, runner)
+        assert mode is not None
+        outcome = await mode.run(ev, 1)
+        return outcome.to_json() if outcome is not None else {}
     finally:
         runner.close()
 
@@ -108,8 +108,8 @@ def test_legacy_keys_convert() -> None:
 
 
 def test_skip_patterns_match_subsystem_and_action() -> None:
-    nothing = AgentHandler("/nonexistent", "", ProgramRunner())
-    skipper = SkippingHandler(nothing, ["block", "net/remove", "*/change"])
+    nothing = AgentMode("/nonexistent", "", ProgramRunner())
+    skipper = SkipList(nothing, ["block", "net/remove", "*/change"])
     assert skipper.skips(event("block", "add"))
     assert skipper.skips(event("net", "remove"))
     assert skipper.skips(event("usb", "change"))

@@ -26,7 +26,8 @@ from support.netns import NetNS, _setns
 from support.udev import SYSTEM_PYTHON, Received, pyudev_monitor, require_pyudev
 
 from pnpbroker import config
-from pnpbroker.cli import _overrides, build_parser
+from pnpbroker.commands import build_parser
+from pnpbroker.commands.run import overrides as _overrides
 from pnpbroker.errors import ConfigError
 from pnpbroker.journal import Journal
 from pnpbroker.libudev import (

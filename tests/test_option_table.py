@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 from support import REPO_ROOT
 
-from pnpbroker import cli, config
+from pnpbroker import config
+from pnpbroker.commands import build_parser, main
+from pnpbroker.commands.run import overrides
+from pnpbroker.contract import ExitCode
 from pnpbroker.errors import ConfigError
 from pnpbroker.rebroadcast import Target
 from pnpbroker.sources.helper import DEFAULT_PATH as HELPER_SOCKET
@@ -214,8 +217,8 @@ def arguments(form: Form, where: dict[str, str]) -> list[str]:
 
 @pytest.mark.parametrize(("row", "form"), FORMS, ids=[f"{f.argv or f.toml}" for r, f in FORMS])
 def test_form_reaches_the_config(row: str, form: Form, where: dict[str, str]) -> None:
-    args = cli.build_parser().parse_args(["run", *arguments(form, where)])
-    cfg = config.load(args.config, cli._overrides(args))
+    args = build_parser().parse_args(["run", *arguments(form, where)])
+    cfg = config.load(args.config, overrides(args))
     if form.field == "limits" and form.value == (("core", -1),):
         assert cfg.limits[0][0] == "core"  # RLIM_INFINITY, whatever the platform's number
     elif form.field:
@@ -233,7 +236,7 @@ def test_form_reaches_the_config(row: str, form: Form, where: dict[str, str]) ->
 def test_form_runs(row: str, form: Form, where: dict[str, str]) -> None:
     """``pnpbroker run -n --source EMPTY FORM`` exits 0: the form is accepted end to end."""
     argv = ["run", "-n", "--source", where["empty"], *arguments(form, where)]
-    assert cli.main(argv) == cli.EXIT_OK
+    assert main(argv) == ExitCode.OK
 
 
 def test_the_examples_in_the_size_error_are_accepted(tmp_path: Path) -> None:

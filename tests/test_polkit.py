@@ -16,8 +16,8 @@ from dbus_fast.aio import MessageBus
 from support.bus import POLKIT_BUS_POLICY, SystemBus
 from support.polkitd import Polkitd
 
+from pnpbroker.bus.polkit import Authority, NotAuthorized
 from pnpbroker.names import ACTION_CONTROL, ACTION_TRIGGER, ERROR_NOT_AUTHORIZED
-from pnpbroker.polkit import Authority, NotAuthorized
 
 pytestmark = [pytest.mark.root, pytest.mark.bus_includes(POLKIT_BUS_POLICY)]
 
@@ -160,7 +160,7 @@ async def test_without_polkitd_only_root_is_allowed(
 ) -> None:
     assert bus.unique_name is not None
     authority = Authority(bus)
-    with caplog.at_level(logging.WARNING, logger="pnpbroker.polkit"):
+    with caplog.at_level(logging.WARNING, logger="pnpbroker.bus.polkit"):
         for action_id in ACTIONS:
             await authority.check(bus.unique_name, action_id)
         async with bus_client(system_bus.address, "nobody") as name:

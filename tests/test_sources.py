@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from dbus_fast import Variant
 
+from pnpbroker.bus.wire import trigger_options
 from pnpbroker.errors import ConfigError, MalformedUevent
 from pnpbroker.helper import datagram
-from pnpbroker.service import trigger_options
 from pnpbroker.sources import Datagram, Item, check
 from pnpbroker.sources.fd import listen_fds, open_fd
 from pnpbroker.sources.merge import Merged, RecentSeqnums

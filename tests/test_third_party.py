@@ -1,4 +1,4 @@
-"""Clients that are not ours see the interface and the signals as DEVELOPERS.md documents them.
+"""Clients that are not ours see the interface and the signals as the contract documents them.
 
 busctl (systemd), gdbus (GLib) and dbus-python under Debian's own /usr/bin/python3: none of
 them imports anything from this repository.
@@ -27,7 +27,7 @@ DEST, PATH, IFACE = "org.pnp.Broker", "/org/pnp/Broker", "org.pnp.Broker1"
 CONTRACT_XML = REPO_ROOT / "dbus" / "org.pnp.Broker1.xml"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
-# What DEVELOPERS.md ("The D-Bus contract") documents, as D-Bus signatures.
+# What the contract (dbus/org.pnp.Broker1.xml, docs/dbus.md) documents, as D-Bus signatures.
 METHODS = {
     "GetEvents": ("tu", "a(tsssa{ss}a{sv})"),
     "Trigger": ("a{sv}", "su"),

@@ -1,4 +1,4 @@
-"""The legacy /sbin/hotplug world: which handler the configuration asks for, and how it spawns.
+"""The legacy /sbin/hotplug world: which mode the configuration asks for, and how it spawns.
 
 Modes (config ``mode``): ``program`` (one program, the default), ``hotplug.d`` (every
 ``*.hotplug`` script of the subsystem, then of ``default``) and ``agents`` (``SUBSYSTEM.agent``,
@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from pnpbroker.hotplug import Handler, ProgramHandler, ProgramRunner
-from pnpbroker.legacy.handlers import (
-    AgentHandler,
-    HotplugDirHandler,
-    SkippingHandler,
+from pnpbroker.legacy.modes import (
+    AgentMode,
+    HotplugDirMode,
+    Mode,
+    ProgramMode,
+    SkipList,
     agent_program,
     hotplug_scripts,
 )
 from pnpbroker.legacy.options import SkipPattern, credentials, rlimits
+from pnpbroker.legacy.runner import ProgramRunner
 from pnpbroker.legacy.spawn import ForkSpawner
 from pnpbroker.uevent import Uevent
 
@@ -27,13 +29,13 @@ if TYPE_CHECKING:
     from pnpbroker.config import Config
 
 
-def make_handler(config: Config, runner: ProgramRunner) -> Handler | None:
-    """The handler for ``config`` (None when nothing would ever run); sets the runner's spawner."""
+def make_mode(config: Config, runner: ProgramRunner) -> Mode | None:
+    """The mode for ``config`` (None when nothing would ever run); sets the runner's spawner."""
     runner.spawner = make_spawner(config)
-    handler = _mode_handler(config, runner)
-    if handler is not None and config.skip:
-        return SkippingHandler(handler, config.skip)
-    return handler
+    mode = _mode(config, runner)
+    if mode is not None and config.skip:
+        return SkipList(mode, config.skip)
+    return mode
 
 
 def make_spawner(config: Config) -> ForkSpawner | None:
@@ -57,15 +59,15 @@ def planned(config: Config, event: Uevent) -> list[list[str]]:
     return [[script, event.subsystem] for script in scripts if script]
 
 
-def _mode_handler(config: Config, runner: ProgramRunner) -> Handler | None:
+def _mode(config: Config, runner: ProgramRunner) -> Mode | None:
     if config.mode == "hotplug.d":
-        return HotplugDirHandler(config.hotplug_d, runner)
+        return HotplugDirMode(config.hotplug_d, runner)
     if config.mode == "agents":
-        return AgentHandler(config.agents_dir, config.agent_fallback, runner)
+        return AgentMode(config.agents_dir, config.agent_fallback, runner)
     if not config.hotplug_program:
         return None
     # Absolute now: the daemon works in "/" once started.
-    return ProgramHandler(os.path.abspath(config.hotplug_program), runner)
+    return ProgramMode(os.path.abspath(config.hotplug_program), runner)
 
 
-__all__ = ["AgentHandler", "HotplugDirHandler", "SkippingHandler", "make_handler", "planned"]
+__all__ = ["Mode", "ProgramRunner", "make_mode", "planned"]

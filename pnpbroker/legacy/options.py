@@ -1,7 +1,7 @@
 """The legacy path's configuration keys, checked at the edge: every error names its key.
 
 Pure functions, no I/O beyond the passwd and group databases: ``pnpbroker.config`` calls
-:func:`convert` for the keys in :data:`KEYS`, and the handlers use the compiled forms.
+:func:`convert` for the keys in :data:`KEYS`, and the modes use the compiled forms.
 """
 
 from __future__ import annotations

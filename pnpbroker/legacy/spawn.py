@@ -1,6 +1,6 @@
 """Starting a program as another user, with resource limits: the fork/exec path.
 
-``os.posix_spawn`` (the fast path in ``pnpbroker.hotplug``) cannot change credentials or
+``os.posix_spawn`` (the fast path in ``pnpbroker.legacy.runner``) cannot change credentials or
 limits, so when ``user``, ``group`` or ``limits`` are configured the runner starts programs with
 this spawner instead. It does in the child what posix_spawn does (own process group, default
 SIGPIPE/SIGXFSZ, empty signal mask, stdin at end of file, stdout/stderr to the log pipes) and then:
@@ -19,15 +19,15 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pnpbroker.hotplug import empty_input
 from pnpbroker.legacy.options import Credentials
+from pnpbroker.legacy.runner import empty_input
 
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 @dataclass(frozen=True)
 class ForkSpawner:
-    """A ``pnpbroker.hotplug.Spawner`` applying credentials and ``(RLIMIT_*, value)`` limits."""
+    """A ``legacy.runner.Spawner`` applying credentials and ``(RLIMIT_*, value)`` limits."""
 
     credentials: Credentials | None
     limits: tuple[tuple[int, int], ...]

@@ -1,4 +1,6 @@
-"""Shared test infrastructure: a private system bus, network namespaces, unprivileged users.
+"""The test kit: a private system bus, network namespaces, the broker process, unprivileged
+users; shared by the tests and by bench/ (which must not pay for pytest: it is imported only
+where a test is skipped or failed).
 
 This module holds the policy for tests that need root: outside CI they are skipped with a
 reason, under CI they fail, so a CI runner without root cannot pass by skipping everything.
@@ -11,8 +13,6 @@ import shutil
 from pathlib import Path
 from typing import NoReturn
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_BINARIES = ("dbus-daemon", "ip", "busctl")
 
@@ -24,6 +24,8 @@ def in_ci() -> bool:
 
 def skip_or_fail(reason: str) -> NoReturn:
     """Skip the test with `reason`, or fail it under CI where every test must really run."""
+    import pytest
+
     if in_ci():
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
     pytest.skip(reason)

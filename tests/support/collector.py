@@ -14,7 +14,7 @@ from types import TracebackType
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from pnpbroker.busconn import to_bus_daemon
+from pnpbroker.bus.wire import to_bus_daemon
 
 BROKER_SIGNALS = "type='signal',sender='org.pnp.Broker',interface='org.pnp.Broker1'"
 

@@ -15,7 +15,7 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from pnpbroker.busconn import to_bus_daemon
+from pnpbroker.bus.wire import to_bus_daemon
 
 BUS_NAME = "org.pnp.Broker"
 OBJECT_PATH = "/org/pnp/Broker"

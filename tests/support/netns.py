@@ -1,4 +1,4 @@
-"""Network namespaces that make real kernel uevents on demand.
+"""Network namespaces that make real kernel uevents on demand (for the tests and for bench/).
 
 Net-device uevents are delivered only to the namespace that owns the device, so a test that adds
 ifb links in its own namespace gets events no other test (or the host) sees. Links are made with
@@ -67,6 +67,14 @@ class NetNS:
     def exec_prefix(self) -> list[str]:
         """Prefix a command line with this to run it inside the namespace."""
         return ["ip", "netns", "exec", self.name]
+
+    def exec_argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside the namespace (so it sees the namespace's net-device uevents)."""
+        return [*self.exec_prefix(), *argv]
+
+    def ip(self, *args: str, check: bool = True) -> None:
+        """One ``ip -n NS ...`` command; raises on failure when ``check``."""
+        subprocess.run(["ip", "-n", self.name, *args], check=check, capture_output=True)
 
     def add_ifbs(self, names: Sequence[str], group: int | None = None) -> None:
         """Create ifb links `names` (one `add` uevent each), optionally in link group `group`."""

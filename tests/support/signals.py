@@ -11,7 +11,7 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from pnpbroker.busconn import to_bus_daemon
+from pnpbroker.bus.wire import to_bus_daemon
 
 MATCH = "type='signal',sender='org.pnp.Broker',interface='org.pnp.Broker1'"
 

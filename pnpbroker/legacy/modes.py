@@ -1,23 +1,31 @@
-"""The legacy handler modes besides the single program: hotplug.d, agents, and the skip list.
+"""The legacy modes: what runs for one event (config ``mode``), and the skip list around them.
 
-Each is a ``pnpbroker.hotplug.Handler``: given one event it runs what the classic /sbin/hotplug
-world would have run, through the shared ``ProgramRunner`` (so timeouts, logging, credentials
-and limits are the same everywhere), and returns the Event signal's ``handler`` dictionary.
-Directories are read at each event, as /sbin/hotplug did: scripts added later take part.
+Each is a :class:`Mode`: given one event it runs what the classic /sbin/hotplug world would
+have run, through the shared ``ProgramRunner`` (so timeouts, logging, credentials and limits are
+the same everywhere), and returns the event's :class:`~pnpbroker.outcome.Outcome` (None when
+nothing ran). Directories are read at each event, as /sbin/hotplug did: scripts added later take
+part.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol
 
-from pnpbroker.hotplug import Handler, Outcome, ProgramRunner, event_environment
 from pnpbroker.legacy.options import SkipPattern
+from pnpbroker.legacy.runner import ProgramRunner, event_environment
+from pnpbroker.outcome import SKIPPED, Outcome, combine
 from pnpbroker.uevent import Uevent
 
 DEFAULT_DIR = "default"
 SUFFIX = ".hotplug"
+
+
+class Mode(Protocol):
+    """What the serial stage calls for each event: run its programs, say how they ended."""
+
+    async def run(self, event: Uevent, sequence: int) -> Outcome | None: ...
 
 
 def component(subsystem: str) -> bool:
@@ -53,10 +61,22 @@ def agent_program(directory: str, fallback: str, subsystem: str) -> str:
     return fallback
 
 
-class HotplugDirHandler:
+class ProgramMode:
+    """The classic mode: one program, ``argv[1]`` = subsystem, the event as environment."""
+
+    def __init__(self, program: str, runner: ProgramRunner) -> None:
+        self.program = program
+        self.runner = runner
+
+    async def run(self, event: Uevent, sequence: int) -> Outcome:
+        argv = [self.program, event.subsystem]
+        return await self.runner.run(argv, event_environment(event), f"event {sequence}")
+
+
+class HotplugDirMode:
     """``DIR/SUBSYSTEM/*.hotplug`` then ``DIR/default/*.hotplug``, by name, each one run.
 
-    A failing script does not stop the next one. The handler's ``status``/``signal`` are those
+    A failing script does not stop the next one. The outcome's ``status``/``signal`` are those
     of the first run that failed (0 when all succeeded); ``runs`` lists every run in order.
     """
 
@@ -64,30 +84,17 @@ class HotplugDirHandler:
         self.directory = directory
         self.runner = runner
 
-    async def handle(self, event: Uevent, sequence: int) -> dict[str, Any]:
+    async def run(self, event: Uevent, sequence: int) -> Outcome:
         env = event_environment(event)
         label = f"event {sequence}"
         runs = [
             await self.runner.run([path, event.subsystem], env, label)
             for path in hotplug_scripts(self.directory, event.subsystem)
         ]
-        return combine(self.directory, runs)
+        return combine(self.directory, tuple(runs))
 
 
-def combine(program: str, runs: Sequence[Outcome]) -> dict[str, Any]:
-    """One handler dictionary for several runs (``runs`` becomes ``aa{sv}`` on the bus)."""
-    failed = next((run for run in runs if not run.ok), None)
-    return {
-        "program": program,
-        "status": failed.status if failed else 0,
-        "signal": failed.signal if failed else 0,
-        "timed_out": any(run.timed_out for run in runs),
-        "duration": sum(run.duration for run in runs),
-        "runs": [run.as_handler() for run in runs],
-    }
-
-
-class AgentHandler:
+class AgentMode:
     """``DIR/SUBSYSTEM.agent`` when it is executable, else ``fallback`` (or nothing)."""
 
     def __init__(self, directory: str, fallback: str, runner: ProgramRunner) -> None:
@@ -95,26 +102,25 @@ class AgentHandler:
         self.fallback = fallback
         self.runner = runner
 
-    async def handle(self, event: Uevent, sequence: int) -> dict[str, Any]:
+    async def run(self, event: Uevent, sequence: int) -> Outcome | None:
         program = agent_program(self.directory, self.fallback, event.subsystem)
         if not program:
-            return {}
+            return None
         argv = [program, event.subsystem]
-        outcome = await self.runner.run(argv, event_environment(event), f"event {sequence}")
-        return outcome.as_handler()
+        return await self.runner.run(argv, event_environment(event), f"event {sequence}")
 
 
-class SkippingHandler:
+class SkipList:
     """Drops events matching the skip list before anything runs; they are still published."""
 
-    def __init__(self, inner: Handler, patterns: Sequence[str]) -> None:
+    def __init__(self, inner: Mode, patterns: Sequence[str]) -> None:
         self.inner = inner
         self.patterns = [SkipPattern.parse(text) for text in patterns]
 
     def skips(self, event: Uevent) -> bool:
         return any(pattern.matches(event) for pattern in self.patterns)
 
-    async def handle(self, event: Uevent, sequence: int) -> dict[str, Any]:
+    async def run(self, event: Uevent, sequence: int) -> Outcome | None:
         if self.skips(event):
-            return {"skipped": True}
-        return await self.inner.handle(event, sequence)
+            return SKIPPED
+        return await self.inner.run(event, sequence)

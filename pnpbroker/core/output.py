@@ -2,9 +2,11 @@
 
 The format is the one :mod:`pnpbroker.sources.stream` reads (the kernel datagram plus one
 terminating NUL, as ``mdevd -o`` writes), so a run recorded here replays with ``--source PATH``.
-Events are written once the bus acknowledged them, so the record holds exactly what subscribers
-were sent. Writes block: a reader that stops reading stalls publishing (events still queue in the
-journal and the kernel socket), as a full pipe would stall mdevd.
+It follows the publisher: events are written once the link acknowledged them, so the record
+holds exactly what subscribers were sent. Writes block, in the broker's one loop: a reader that
+stops reading stalls the whole broker (reading, programs, publishing) until it reads again, as a
+full pipe stalls mdevd; meanwhile the kernel queues events in the socket's receive buffer, and a
+stall long enough to fill it loses events (counted, and announced with EventsLost).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def parse_fd(spec: str) -> int:
 
 
 class Output:
-    """Writes what the journal marks published, from the moment it was opened."""
+    """Writes what the publisher acknowledged, from the moment it was opened (a follower)."""
 
     def __init__(self, fd: int, journal: Journal) -> None:
         self.fd = fd
@@ -50,17 +52,17 @@ class Output:
         os.set_blocking(fd, True)
         os.set_inheritable(fd, False)  # not for the legacy program
 
-    def catch_up(self) -> None:
-        """Write every event published since the last call; stop writing if the reader left."""
+    def advance(self, through: int) -> None:
+        """Write every event up to ``through``; stop writing for good if the reader left."""
         try:
-            self._catch_up()
+            self._catch_up(through)
         except OSError as exc:
             log.error("output fd %d failed (%s); no longer writing events to it", self.fd, exc)
             self.written = 1 << 63  # never again
 
-    def _catch_up(self) -> None:
-        while self.written < self.journal.published:
-            records = self.journal.between(self.written, self.journal.published, PAGE)
+    def _catch_up(self, through: int) -> None:
+        while self.written < through:
+            records = self.journal.between(self.written, through, PAGE)
             if not records:
                 break
             self._write_all(record_bytes(records))

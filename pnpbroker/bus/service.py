@@ -1,8 +1,10 @@
-"""The D-Bus object ``/org/pnp/Broker``: a thin skin over the broker core.
+"""The D-Bus object ``/org/pnp/Broker``: a thin skin over the pipeline.
 
-Signals are declared here (so introspection shows the contract) but emitted by the publisher,
-which builds the same body with :func:`event_body`. Every method delegates to the core; broker
-errors become named D-Bus errors with a readable message and never a traceback.
+Signals are declared here, so introspection shows the contract, but sent by the link
+(:mod:`pnpbroker.bus.link`) when the publish queue asks: Event for each handled event,
+EventsLost when the pipeline reports a loss; their bodies come from :mod:`pnpbroker.bus.wire`.
+Each privileged method authorizes the caller, calls the core, and returns; broker errors become
+named D-Bus errors with a readable message and never a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from dbus_fast import DBusError, Message, MessageType, Variant
@@ -21,8 +23,8 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from pnpbroker import __version__, names
+from pnpbroker.bus.wire import event_body, trigger_options
 from pnpbroker.journal import Record
-from pnpbroker.uevent import dbus_safe
 
 log = logging.getLogger(__name__)
 
@@ -47,45 +49,8 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
 EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 
-def _variant(value: Any) -> Variant:
-    if isinstance(value, bool):
-        return Variant("b", value)
-    if isinstance(value, int):
-        return Variant("i", value)
-    if isinstance(value, float):
-        return Variant("d", value)
-    if isinstance(value, list):
-        return Variant("aa{sv}", [handler_variants(item) for item in value])
-    return Variant("s", dbus_safe(str(value)))
-
-
-def handler_variants(handler: Mapping[str, Any] | None) -> dict[str, Variant]:
-    """The ``a{sv}`` form of a handler outcome (integers as ``i``)."""
-    if not handler:
-        return {}
-    return {key: _variant(value) for key, value in handler.items()}
-
-
-def event_body(record: Record) -> list[Any]:
-    """The body of an Event signal, and one row of GetEvents."""
-    event = record.event
-    props = dict(event.properties)
-    if not ("".join(props.values()).isascii() and "".join(props).isascii()):
-        props = {dbus_safe(key): dbus_safe(value) for key, value in props.items()}
-    return [
-        record.sequence,
-        dbus_safe(event.action),
-        dbus_safe(event.subsystem),
-        dbus_safe(event.devpath),
-        props,
-        handler_variants(record.handler),
-    ]
-
-
 class Core(Protocol):
-    """What the service needs from the broker; the service itself holds no state."""
-
-    async def authorize(self, sender: str, action_id: str) -> None: ...
+    """What the service needs from the pipeline; the service itself holds no state."""
 
     @property
     def paused(self) -> bool: ...
@@ -109,20 +74,9 @@ class Core(Protocol):
     async def trigger(self, subsystems: Sequence[str], action: str) -> tuple[str, int]: ...
 
 
-def trigger_options(options: Mapping[str, Variant]) -> tuple[list[str], str]:
-    """``subsystems`` (as) and ``action`` (s) from Trigger's options; ValueError otherwise."""
-    unknown = set(options) - {"subsystems", "action"}
-    if unknown:
-        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    subsystems, action = options.get("subsystems"), options.get("action")
-    if subsystems is not None and subsystems.signature != "as":
-        raise ValueError(f"subsystems must be as, not {subsystems.signature}")
-    if action is not None and action.signature != "s":
-        raise ValueError(f"action must be s, not {action.signature}")
-    return (list(subsystems.value) if subsystems else []), (action.value if action else "add")
-
-
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+#: Returns if the caller (a unique bus name) may do the action, else raises PermissionError.
+Authorize = Callable[[str, str], Awaitable[None]]
 
 #: The unique name of the connection whose method call is being served.
 #: dbus-fast does not hand the message to a service method, but it runs our message handler
@@ -171,9 +125,10 @@ class BrokerInterface(ServiceInterface):
     #: Properties that send PropertiesChanged; the others say so with EmitsChangedSignal=false.
     emitting_properties: frozenset[str] = frozenset()
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, authorize: Authorize) -> None:
         super().__init__(names.INTERFACE)
         self.core = core
+        self.authorize = authorize
 
     def introspect(self) -> intr.Interface:
         """dbus-fast's introspection plus what the contract says and Python cannot express."""
@@ -195,11 +150,11 @@ class BrokerInterface(ServiceInterface):
         tuple[int, str, str, str, dict[str, str], dict[str, Variant]],
         DBusSignature("tsssa{ss}a{sv}"),
     ]:
-        raise NotImplementedError("emitted by the publisher")
+        raise NotImplementedError("sent by the link for the publish queue")
 
     @dbus_signal()
     def EventsLost(self) -> Annotated[tuple[int, str], DBusSignature("ts")]:
-        raise NotImplementedError("emitted by the reader")
+        raise NotImplementedError("sent by the link when the pipeline reports a loss")
 
     @dbus_method()
     @named_errors
@@ -216,7 +171,7 @@ class BrokerInterface(ServiceInterface):
     async def Trigger(
         self, options: Annotated[dict[str, Variant], DBusSignature("a{sv}")]
     ) -> Annotated[list[Any], DBusSignature("su")]:
-        await self.core.authorize(caller(), names.ACTION_TRIGGER)
+        await self.authorize(caller(), names.ACTION_TRIGGER)
         subsystems, action = trigger_options(options)
         uuid, count = await self.core.trigger(subsystems, action)
         return [uuid, count]
@@ -224,19 +179,19 @@ class BrokerInterface(ServiceInterface):
     @dbus_method()
     @named_errors
     async def Pause(self) -> Nothing:
-        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        await self.authorize(caller(), names.ACTION_CONTROL)
         self.core.pause()
 
     @dbus_method()
     @named_errors
     async def Resume(self) -> Nothing:
-        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        await self.authorize(caller(), names.ACTION_CONTROL)
         self.core.resume()
 
     @dbus_method()
     @named_errors
     async def Reload(self) -> Nothing:
-        await self.core.authorize(caller(), names.ACTION_CONTROL)
+        await self.authorize(caller(), names.ACTION_CONTROL)
         self.core.reload()
 
     @dbus_property(access=PropertyAccess.READ)

@@ -1,8 +1,9 @@
-"""The serial handler stage: one event at a time, in sequence order, through the legacy handler.
+"""The serial stage: one event at a time, in sequence order, through the legacy mode.
 
-It takes unhandled records from the journal, awaits the handler (the program runs, the loop keeps
-reading the kernel), stores the outcome durably, and tells the publisher. With no handler
-configured it only moves the handled cursor. While paused it runs nothing (events still queue).
+It takes unhandled records from the journal, awaits the mode (the program runs, the loop keeps
+reading the kernel), stores the outcome durably, and tells the pipeline, which advances its
+sinks (the publish queue first). With no mode configured it only moves the handled cursor.
+While paused it runs nothing (events still queue).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from pnpbroker.hotplug import Handler
 from pnpbroker.journal import Journal
+from pnpbroker.legacy.modes import Mode
+from pnpbroker.outcome import Outcome
 from pnpbroker.uevent import Uevent
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,9 @@ PAGE = 512
 class Sequencer:
     """Drives the journal's ``handled`` cursor forward, strictly one event at a time."""
 
-    def __init__(
-        self, journal: Journal, handler: Handler | None, on_handled: Callable[[], None]
-    ) -> None:
+    def __init__(self, journal: Journal, mode: Mode | None, on_handled: Callable[[], None]) -> None:
         self.journal = journal
-        self.handler = handler
+        self.mode = mode
         self.on_handled = on_handled
         self._wake = asyncio.Event()
         self._running = asyncio.Event()
@@ -60,25 +59,20 @@ class Sequencer:
         self._running.set()
 
     @staticmethod
-    async def _handle(handler: Handler, event: Uevent, sequence: int) -> dict[str, Any]:
-        """The handler's outcome; a handler that fails is reported, never stops the stage."""
+    async def _handle(mode: Mode, event: Uevent, sequence: int) -> Outcome | None:
+        """The mode's outcome; a mode that fails is reported, never stops the stage."""
         try:
-            return await handler.handle(event, sequence)
+            return await mode.run(event, sequence)
         except Exception as exc:
-            log.exception("event %d: the handler failed", sequence)
-            return {
-                "status": -1,
-                "signal": 0,
-                "timed_out": False,
-                "error": f"handler failed: {exc}",
-            }
+            log.exception("event %d: the legacy stage failed", sequence)
+            return Outcome(status=-1, error=f"handler failed: {exc}")
 
     async def run(self) -> None:
         while not self._stopping:
             await self._running.wait()
             if self._stopping:
                 break
-            if self.handler is None:  # nothing to run: all that is journalled is handled
+            if self.mode is None:  # nothing to run: all that is journalled is handled
                 if self.journal.handled < self.journal.last:
                     self.journal.skip_handling(self.journal.last)
                     self.on_handled()
@@ -93,6 +87,6 @@ class Sequencer:
             for record in records:
                 if self._stopping or self.paused:
                     break
-                outcome = await self._handle(self.handler, record.event, record.sequence)
+                outcome = await self._handle(self.mode, record.event, record.sequence)
                 self.journal.record_outcome(record.sequence, outcome)
                 self.on_handled()

@@ -1,38 +1,32 @@
-"""The broker core: wires reader -> journal -> sequencer -> publisher, and keeps the bus up.
+"""The pipeline: reader -> journal -> sequencer -> sinks, with its counters, config and lifecycle.
 
-One asyncio loop. The reader (pnpbroker.reader) drains the source in its ``add_reader``
-callback and journals each batch before anything else happens to it. The sequencer and the
-publisher run as tasks. The bus keeper reconnects when the bus goes away; meanwhile events
-are still read, journalled and handled, and published once a link is back.
+One asyncio loop. The reader (:mod:`.reader`) drains the source in its ``add_reader`` callback
+and journals each batch before anything else happens to it. The sequencer runs the legacy
+program per event and stores its outcome; each time it moves the ``handled`` cursor, every sink
+is advanced, in the order added. The first sink is the publish queue (:mod:`.publisher`), whose
+link the D-Bus server attaches from outside (:mod:`pnpbroker.bus.server`); ``--output`` follows
+the publish queue's acknowledgements. No bus here: the pipeline runs, and is tested, without one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from dbus_fast.errors import DBusError
-
-from pnpbroker import names
-from pnpbroker.busconn import BusLink, NameTaken
 from pnpbroker.config import Config
+from pnpbroker.contract import ExitCode
+from pnpbroker.core.publisher import Publisher
+from pnpbroker.core.reader import Reader
+from pnpbroker.core.sequencer import Sequencer
 from pnpbroker.errors import RebroadcastError
-from pnpbroker.hotplug import ProgramRunner
 from pnpbroker.journal import Journal, Record
-from pnpbroker.legacy import make_handler
+from pnpbroker.legacy import ProgramRunner, make_mode
 from pnpbroker.notify import sd_notify
-from pnpbroker.output import Output
-from pnpbroker.polkit import Authority, NotAuthorized
-from pnpbroker.publisher import Publisher
-from pnpbroker.reader import Reader
 from pnpbroker.rebroadcast import Rebroadcaster
 from pnpbroker.resync import Resync, trigger_in_thread
-from pnpbroker.sequencer import Sequencer
-from pnpbroker.service import BrokerInterface
 from pnpbroker.sources import Source
 
 log = logging.getLogger(__name__)
@@ -47,8 +41,19 @@ COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
 REBROADCAST_COUNTERS = ("rebroadcast", "rebroadcast_failed")
 
 
-class Broker:
-    """The core behind the D-Bus object; owns the journal, the stages and the counters."""
+class Sink(Protocol):
+    """Takes handled events in sequence order: the publish queue, and later others."""
+
+    def advance(self, through: int) -> None:
+        """Every event up to ``through`` is handled: read them from the journal."""
+
+    def lost(self, after: int, resync_uuid: str) -> None:
+        """The kernel dropped events after sequence ``after``; ``resync_uuid`` re-announces."""
+
+
+class Pipeline:
+    """Owns the journal, the stages, the sinks and the counters; serves the D-Bus object's needs
+    (:class:`pnpbroker.bus.service.Core`) without knowing the bus."""
 
     def __init__(self, config: Config, source: Source, journal: Journal) -> None:
         self.config = config
@@ -56,15 +61,10 @@ class Broker:
         self.journal = journal
         self.stats: Counter[str] = Counter()
         self.runner = ProgramRunner(config.timeout, config.kill_grace)
+        self.sequencer = Sequencer(journal, make_mode(config, self.runner), self._handled)
+        self.publisher = Publisher(journal)
         self.rebroadcaster = self._rebroadcaster(config)
-        self.sequencer = Sequencer(journal, make_handler(config, self.runner), self._handled)
-        self.publisher = Publisher(journal, on_published=self._published)
-        self.interface = BrokerInterface(self)
-        self.link: BusLink | None = None
-        self.authority: Authority | None = None
-        self.exit_code = 0
-        self.reload_hook: Callable[[], Config] | None = None
-        self.output: Output | None = None
+        self.sinks: list[Sink] = [self.publisher, *self._extra_sinks()]
         self.resync = Resync()
         self.reader = Reader(
             source,
@@ -74,11 +74,11 @@ class Broker:
             on_overflow=self._lost,
             on_end=self._reader_ended,
         )
+        self.exit_code = ExitCode.OK
+        self.reload_hook: Callable[[], Config] | None = None
         self._stop = asyncio.Event()
-        self._progress = asyncio.Event()
-        self._ready = False
 
-    # The service's view (pnpbroker.service.Core).
+    # What the D-Bus object asks (pnpbroker.bus.service.Core).
     def events_after(self, after: int, limit: int) -> list[Record]:
         return self.journal.between(after, self.journal.handled, limit)
 
@@ -94,13 +94,6 @@ class Broker:
         """Coldplug (Trigger method): the SYNTH_UUID and how many events the kernel will send."""
         result = await trigger_in_thread(subsystems, action)
         return result.uuid, result.written
-
-    async def authorize(self, sender: str, action_id: str) -> None:
-        """polkit decides (CheckAuthorization on the sender's bus name)."""
-        if self.authority is None:
-            raise NotAuthorized(action_id, "not connected to the bus")
-        await self.authority.check(sender, action_id)
-        log.info("%s authorized for %s", sender, action_id)
 
     @property
     def paused(self) -> bool:
@@ -125,26 +118,19 @@ class Broker:
         )
         return stats
 
-    # What the reader hands up.
-    def _reader_ended(self, eof: bool) -> None:
-        if eof:
-            asyncio.get_running_loop().create_task(self._finish_stream())
-        else:
-            self._fail()
+    def _rebroadcaster(self, config: Config) -> Rebroadcaster | None:
+        if not config.rebroadcast:
+            return None
+        return Rebroadcaster(config.rebroadcast, self.journal, self.stats)
 
-    def _fail(self) -> None:
-        """Stop with the system-error exit code."""
-        self.exit_code = 111
-        self.reader.stop()
-        self.stop()
+    def _extra_sinks(self) -> list[Sink]:
+        return [self.rebroadcaster] if self.rebroadcaster is not None else []
 
-    def _stage_died(self, task: asyncio.Task[Any]) -> None:
-        """A pipeline stage must never end on its own; if one does, fail loudly."""
-        if task.cancelled() or self._stop.is_set():
-            return
-        exc = task.exception()
-        log.error("%s stopped unexpectedly: %r; stopping", task.get_name(), exc)
-        self._fail()
+    # What the stages hand up.
+    def _handled(self) -> None:
+        through = self.journal.handled
+        for sink in self.sinks:
+            sink.advance(through)
 
     def _lost(self) -> None:
         self.stats["overflows"] += 1
@@ -157,26 +143,14 @@ class Broker:
             self.config.receive_buffer,
             uuid,
         )
-        if self.link is not None:
-            try:
-                self.link.emit("EventsLost", "ts", [after, uuid])
-            except Exception as exc:  # a dying link is the bus keeper's business
-                log.warning("could not signal EventsLost: %s", exc)
+        for sink in self.sinks:
+            sink.lost(after, uuid)
 
-    def _handled(self) -> None:
-        self.publisher.notify()
-        if self.rebroadcaster is not None:
-            self.rebroadcaster.advance(self.journal.handled)
-
-    def _rebroadcaster(self, config: Config) -> Rebroadcaster | None:
-        if not config.rebroadcast:
-            return None
-        return Rebroadcaster(config.rebroadcast, self.journal, self.stats)
-
-    def _published(self, through: int) -> None:
-        if self.output is not None:
-            self.output.catch_up()
-        self._progress.set()
+    def _reader_ended(self, eof: bool) -> None:
+        if eof:
+            asyncio.get_running_loop().create_task(self._finish_stream())
+        else:
+            self.fail()
 
     async def _finish_stream(self) -> None:
         """A stream source ended: handle and publish what was read, then stop."""
@@ -184,77 +158,59 @@ class Broker:
             "source ended; finishing %d queued events", self.journal.last - self.journal.published
         )
         while self.journal.published < self.journal.last and not self._stop.is_set():
-            self._progress.clear()
-            await self._progress.wait()
+            self.publisher.acked.clear()
+            await self.publisher.acked.wait()
         self.stop()
 
-    # Lifecycle.
-    def stop(self) -> None:
-        self._stop.set()
+    def _stage_died(self, task: asyncio.Task[Any]) -> None:
+        """A stage must never end on its own; if one does, fail loudly."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        exc = task.exception()
+        log.error("%s stopped unexpectedly: %r; stopping", task.get_name(), exc)
+        self.fail()
 
+    # Configuration.
     def reload(self) -> None:
         """Re-read the configuration (SIGHUP, Reload()); a bad file keeps the old one."""
         if self.reload_hook is None:
             return
         sd_notify("RELOADING=1")
         try:
-            config = self.reload_hook()
+            self.apply(self.reload_hook())
         except (ValueError, RebroadcastError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-        else:
-            self.apply(config)
         sd_notify("READY=1")
 
     def apply(self, config: Config) -> None:
         """Take ``config`` in; RebroadcastError (nothing changed) if its sockets cannot open."""
-        rebroadcaster = self.rebroadcaster
         if config.rebroadcast != self.config.rebroadcast:
             rebroadcaster = self._rebroadcaster(config)
             if self.rebroadcaster is not None:
                 self.rebroadcaster.close()
+            self.rebroadcaster = rebroadcaster
+            self.sinks = [self.publisher, *self._extra_sinks()]
         for key in ("state_dir", "receive_buffer", "bus_address"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
-        self.sequencer.handler = make_handler(config, self.runner)
-        self.rebroadcaster = rebroadcaster
+        self.sequencer.mode = make_mode(config, self.runner)
         self.journal.max_events = config.retention_events
         self.journal.max_age = config.retention_days * 86400
         logging.getLogger("pnpbroker").setLevel(config.log_level.upper())
         self.config = config
         log.info("configuration reloaded; program: %s", config.hotplug_program or "none")
 
-    async def _keep_bus(self) -> None:
-        delay, warned = 0.2, False
-        while True:
-            try:
-                link = await BusLink.connect(self.config.bus_address or None, self.interface)
-            except NameTaken as exc:
-                log.error("%s; stopping", exc)
-                self.exit_code = 111
-                self.stop()
-                return
-            except (OSError, DBusError, EOFError) as exc:
-                if not warned:
-                    log.warning("system bus unreachable (%s); journalling until it is back", exc)
-                    warned = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            log.info("on the bus as %s (%s)", names.BUS_NAME, link.bus.unique_name)
-            delay, warned = 0.2, False
-            self.link = link
-            self.authority = Authority(link.bus)
-            self.publisher.attach(link)
-            self._became_ready()
-            await link.wait_closed()
-            self.link = None
-            self.publisher.attach(None)
+    # Lifecycle.
+    def stop(self) -> None:
+        """Finish the running program, publish what is handled, and return from :meth:`run`."""
+        self._stop.set()
 
-    def _became_ready(self) -> None:
-        if not self._ready:
-            self._ready = True
-            sd_notify(f"READY=1\nSTATUS={self.status_line()}")
+    def fail(self, code: ExitCode = ExitCode.SYSTEM) -> None:
+        """Stop with an error exit code."""
+        self.exit_code = code
+        self.reader.stop()
+        self.stop()
 
     def status_line(self) -> str:
         """What ``systemctl status`` shows: events handled, the queue, what was published."""
@@ -281,49 +237,46 @@ class Broker:
             if pruned := self.journal.prune():
                 log.debug("retention removed %d journalled events", pruned)
 
-    async def run(self) -> int:
-        """Serve until stopped; return the exit code."""
+    async def run(self) -> ExitCode:
+        """Run the stages until stopped, then drain them; return the exit code.
+
+        Call :meth:`close` afterwards (after whatever serves the journal has stopped).
+        """
         loop = asyncio.get_running_loop()
-        for sig, action in (
-            (signal.SIGTERM, self.stop),
-            (signal.SIGINT, self.stop),
-            (signal.SIGHUP, self.reload),
-        ):
-            loop.add_signal_handler(sig, action)
         backlog = self.journal.last - self.journal.published
         if backlog:
             log.info("resuming: %d journalled events not yet published", backlog)
         self.reader.start()
-        tasks = [
+        stages = [
             loop.create_task(self.sequencer.run(), name="sequencer"),
             loop.create_task(self.publisher.run(), name="publisher"),
-            loop.create_task(self._keep_bus(), name="bus"),
+        ]
+        for task in stages:
+            task.add_done_callback(self._stage_died)
+        helpers = [
             loop.create_task(self._housekeeping(), name="housekeeping"),
             loop.create_task(self._report_status(), name="status"),
         ]
-        for task in tasks[:2]:
-            task.add_done_callback(self._stage_died)
         await self._stop.wait()
-        await self._shutdown(tasks)
+        await self._drain(*stages)
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
         return self.exit_code
 
-    async def _shutdown(self, tasks: list[asyncio.Task[Any]]) -> None:
+    async def _drain(self, sequencer: asyncio.Task[None], publisher: asyncio.Task[None]) -> None:
         sd_notify("STOPPING=1")
         log.info("stopping: finishing the running program")
         self.reader.stop()
-        sequencer, publisher, *others = tasks
         self.sequencer.stop()
         await sequencer
         self.publisher.stop()
         try:
             await asyncio.wait_for(publisher, SHUTDOWN_PUBLISH_SECONDS)
         except TimeoutError:
-            log.warning("bus did not take the last signals; they are sent at the next start")
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-        if self.link is not None:
-            self.link.close()
+            log.warning("the link did not take the last events; they are sent at the next start")
+
+    def close(self) -> None:
         self.runner.close()
         if self.rebroadcaster is not None:
             self.rebroadcaster.close()

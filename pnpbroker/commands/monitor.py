@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from typing import Any, TextIO
 
@@ -27,8 +26,9 @@ from pnpbroker.client import (
     Outcome,
     subscribe,
 )
+from pnpbroker.contract import STOP_SIGNALS, ExitCode
 
-EXIT_OK, EXIT_FAILED, EXIT_SYSTEM = 0, 1, 111
+HELP = "print the broker's events (any user)"
 
 _COLOURS = {"add": "32", "remove": "31", "change": "33", "bind": "36", "unbind": "35"}
 
@@ -136,30 +136,30 @@ async def _until_signalled(args: argparse.Namespace, out: TextIO) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await _print_events(args, out)
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``pnpbroker monitor``: 0 when stopped by a signal, 1 if events cannot be delivered."""
     try:
         asyncio.run(_until_signalled(args, out))
     except (JournalGap, BrokerReset) as exc:
         print(f"pnpbroker monitor: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except ConnectionLost as exc:
         print(f"pnpbroker monitor: {exc}", file=sys.stderr)
-        return EXIT_SYSTEM
+        return ExitCode.SYSTEM
     except ClientError as exc:
         print(f"pnpbroker monitor: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     except BrokenPipeError:
         # The reader went away (| head): not an error. Keep Python from complaining at exit.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
-    return EXIT_OK
+    return ExitCode.OK
 
 
-__all__ = ["Event", "add_arguments", "as_json", "describe", "format_text", "run"]
+__all__ = ["Event", "add_arguments", "as_json", "describe", "format_text", "main"]

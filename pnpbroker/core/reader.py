@@ -5,7 +5,8 @@ draining the kernel socket. Each batch is admitted (:func:`pnpbroker.sources.che
 recorded in one transaction before anything else happens to it. Rejected datagrams are counted
 and logged (the first few of each kind, then one in a thousand); an overflow is handed up after
 what was read before it is recorded; a journal that cannot take a batch pauses reading (the
-kernel keeps queueing) and is retried.
+kernel keeps queueing) and is retried. ``run --dry-run`` uses this same reader with a store
+that prints instead of journalling.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import contextlib
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from pnpbroker.errors import ForgedSender, MalformedUevent
-from pnpbroker.journal import Journal
 from pnpbroker.sources import Overflow, Source, check
 from pnpbroker.uevent import Uevent
 
@@ -31,13 +32,19 @@ _LOG_FIRST, _LOG_EVERY = 10, 1000
 Accepted = tuple[Uevent, bytes]
 
 
+class Store(Protocol):
+    """Where admitted events go: the journal (or the dry run's printer)."""
+
+    def append(self, events: Sequence[Uevent], raw: Sequence[bytes] | None = None) -> int: ...
+
+
 class Reader:
-    """Source -> checks -> journal; calls back when events were recorded, lost, or it ended."""
+    """Source -> checks -> store; calls back when events were recorded, lost, or it ended."""
 
     def __init__(
         self,
         source: Source,
-        journal: Journal,
+        store: Store,
         stats: Counter[str],
         *,
         on_recorded: Callable[[], None],
@@ -45,7 +52,7 @@ class Reader:
         on_end: Callable[[bool], None],
     ) -> None:
         self.source = source
-        self.journal = journal
+        self.store = store
         self.stats = stats
         self.on_recorded = on_recorded
         self.on_overflow = on_overflow
@@ -95,7 +102,7 @@ class Reader:
             return
         pending.extend(accepted)
         try:
-            self.journal.append([event for event, _ in pending], [raw for _, raw in pending])
+            self.store.append([event for event, _ in pending], [raw for _, raw in pending])
         except sqlite3.Error as exc:
             log.error(
                 "cannot journal %d events (%s); pausing reading, the kernel queues meanwhile",

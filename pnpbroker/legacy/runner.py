@@ -1,4 +1,4 @@
-"""Running the legacy hotplug program for one event, exactly as the kernel would have.
+"""Running one legacy program for one event, exactly as the kernel would have run its helper.
 
 ``argv = [PROGRAM, SUBSYSTEM]``, the environment is the event's keys plus the kernel's
 ``HOME=/`` and ``PATH=/sbin:/bin:/usr/sbin:/usr/bin`` and nothing inherited, stdin is at end of
@@ -18,9 +18,8 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
 
+from pnpbroker.outcome import Outcome, describe
 from pnpbroker.uevent import Uevent
 
 log = logging.getLogger(__name__)
@@ -31,41 +30,6 @@ _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 #: Another way to start a program (``pnpbroker.legacy.spawn``: user, group, limits):
 #: ``(argv, env, stdout_fd, stderr_fd) -> pid`` of a child leading its own process group.
 Spawner = Callable[[list[str], Mapping[str, str], int, int], int]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one program run ended."""
-
-    program: str
-    status: int  # exit status; -1 when killed by a signal or never started
-    signal: int  # the terminating signal, 0 if none
-    timed_out: bool
-    duration: float
-    error: str = ""  # why it could not be started
-
-    def as_handler(self) -> dict[str, Any]:
-        """The ``handler`` dictionary of the Event signal."""
-        out: dict[str, Any] = {
-            "program": self.program,
-            "status": self.status,
-            "signal": self.signal,
-            "timed_out": self.timed_out,
-            "duration": self.duration,
-        }
-        if self.error:
-            out["error"] = self.error
-        return out
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0
-
-
-class Handler(Protocol):
-    """What the serial stage calls for each event; returns the Event signal's ``handler``."""
-
-    async def handle(self, event: Uevent, sequence: int) -> dict[str, Any]: ...
 
 
 def event_environment(event: Uevent) -> dict[str, str]:
@@ -152,7 +116,7 @@ class ProgramRunner:
             pid = self._spawn(argv, env)
         except OSError as exc:
             log.error("%s: cannot run %s: %s", label, argv[0], exc.strerror)
-            return Outcome(argv[0], -1, 0, False, 0.0, f"cannot run: {exc.strerror}")
+            return Outcome(argv[0], -1, error=f"cannot run: {exc.strerror}")
         status, timed_out = await self._wait(pid, label)
         for out in (self._stdout, self._stderr):
             out.drain()
@@ -198,17 +162,6 @@ def empty_input() -> int:
     return read_fd
 
 
-def describe(outcome: Outcome) -> str:
-    """A short human account of an outcome, for logs and `monitor`."""
-    if outcome.error:
-        return outcome.error
-    if outcome.timed_out:
-        return f"timed out after {outcome.duration:.1f} s (signal {outcome.signal})"
-    if outcome.signal:
-        return f"killed by signal {outcome.signal}"
-    return f"exited with status {outcome.status}"
-
-
 def _killpg(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
@@ -237,16 +190,3 @@ async def _readable(fd: int, limit: float | None) -> bool:
     finally:
         loop.remove_reader(fd)
     return True
-
-
-class ProgramHandler:
-    """The classic mode: one program, ``argv[1]`` = subsystem, the event as environment."""
-
-    def __init__(self, program: str, runner: ProgramRunner) -> None:
-        self.program = program
-        self.runner = runner
-
-    async def handle(self, event: Uevent, sequence: int) -> dict[str, Any]:
-        argv = [self.program, event.subsystem]
-        outcome = await self.runner.run(argv, event_environment(event), f"event {sequence}")
-        return outcome.as_handler()

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from pnpbroker.busconn import to_bus_daemon
+from pnpbroker.bus.wire import to_bus_daemon
 from pnpbroker.errors import BrokerError
 from pnpbroker.names import ERROR_NOT_AUTHORIZED
 

@@ -1,0 +1,142 @@
+"""Fakes for the fast stage tests (tests/test_stages.py), each a stand-in for what a unit test
+cannot have: a bus connection (FakeLink) and a kernel socket (FakeSource). The journal, the
+reader, the sequencer and the publisher driven with them are the real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any
+
+from pnpbroker.journal import Record
+from pnpbroker.outcome import Outcome
+from pnpbroker.sources import Datagram, Item
+from pnpbroker.uevent import Uevent, from_properties, serialize
+
+
+def uevent(n: int, subsystem: str = "net") -> Uevent:
+    return from_properties(
+        {
+            "ACTION": "add",
+            "DEVPATH": f"/devices/virtual/net/s{n}",
+            "SUBSYSTEM": subsystem,
+            "SEQNUM": str(n),
+        }
+    )
+
+
+def datagram(n: int, sender: int = 0, uid: int | None = 0) -> Datagram:
+    return Datagram(serialize(uevent(n)), sender, uid)
+
+
+class FakeLink:
+    """Stands in for the D-Bus connection: records what it is sent; barriers resolve only when
+    the test says (``ack``), or all fail at once (``die``), as a dropped connection's would."""
+
+    def __init__(self) -> None:
+        self.sent: list[Record] = []
+        self.batches: list[int] = []
+        self.lost: list[tuple[int, str]] = []
+        self.barriers: list[asyncio.Future[Any]] = []
+        self.broken = False
+
+    @property
+    def sequences(self) -> list[int]:
+        return [record.sequence for record in self.sent]
+
+    def send(self, records: list[Record]) -> None:
+        if self.broken:
+            raise ConnectionResetError("fake link is broken")
+        self.sent.extend(records)
+        self.batches.append(len(records))
+
+    def send_lost(self, after: int, resync_uuid: str) -> None:
+        if self.broken:
+            raise ConnectionResetError("fake link is broken")
+        self.lost.append((after, resync_uuid))
+
+    def barrier(self) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.barriers.append(future)
+        return future
+
+    @property
+    def outstanding(self) -> int:
+        return sum(not b.done() for b in self.barriers)
+
+    def ack(self) -> None:
+        """The oldest outstanding barrier's reply arrives."""
+        next(b for b in self.barriers if not b.done()).set_result(None)
+
+    def die(self) -> None:
+        """The connection drops: every outstanding barrier fails, sending fails."""
+        self.broken = True
+        for future in self.barriers:
+            if not future.done():
+                future.set_exception(EOFError("fake link closed"))
+
+
+class FakeSource:
+    """Stands in for a uevent socket: the test hands in items; readiness goes through a real
+    pipe, so the loop's ``add_reader`` sees it as it would see the kernel's socket."""
+
+    def __init__(self) -> None:
+        self.eof = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        self._items: list[Item] = []
+        self._ending = False
+        self.fail_with: OSError | None = None
+
+    def feed(self, *items: Item, end: bool = False) -> None:
+        self._items.extend(items)
+        self._ending = end
+        os.write(self._write, b"x")
+
+    def fileno(self) -> int:
+        return self._read
+
+    def read_batch(self) -> list[Item]:
+        os.read(self._read, 4096)
+        if self.fail_with is not None:
+            raise self.fail_with
+        items, self._items = self._items, []
+        self.eof = self._ending
+        return items
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
+class FakeMode:
+    """A legacy mode that runs nothing: it notes each event and checks two never overlap."""
+
+    def __init__(self, fail_on: int = 0) -> None:
+        self.seen: list[int] = []
+        self.running = 0
+        self.overlapped = False
+        self.fail_on = fail_on
+        self.release: asyncio.Event | None = None
+
+    async def run(self, event: Uevent, sequence: int) -> Outcome:
+        self.overlapped |= self.running > 0
+        self.running += 1
+        try:
+            self.seen.append(sequence)
+            if self.release is not None:
+                await self.release.wait()
+            await asyncio.sleep(0)
+            if sequence == self.fail_on:
+                raise RuntimeError("the mode broke")
+            return Outcome("fake", sequence % 3, 0, False, 0.001)
+        finally:
+            self.running -= 1
+
+
+async def until(check: Callable[[], bool], within: float = 10.0) -> None:
+    """Let the loop run until ``check()`` holds; the limit only stops a hung test."""
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - the stages have no event to offer a test
+            await asyncio.sleep(0.001)

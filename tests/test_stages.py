@@ -1,0 +1,370 @@
+"""The pipeline's stages, fast and without root: the real reader, sequencer, publish queue and
+journal, driven through a fake source and a fake link (tests/support/fakes.py).
+
+The same behaviour is tested end to end with real uevents and a real bus elsewhere
+(test_broker_e2e, test_bus_restart, test_broker_crash); these say which stage does what, in
+seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from support.fakes import FakeLink, FakeMode, FakeSource, datagram, uevent, until
+
+from pnpbroker.config import Config
+from pnpbroker.contract import ExitCode
+from pnpbroker.core import reader as reading
+from pnpbroker.core.pipeline import Pipeline
+from pnpbroker.core.publisher import MAX_BARRIERS, WINDOW, Publisher
+from pnpbroker.core.reader import Reader
+from pnpbroker.core.sequencer import Sequencer
+from pnpbroker.journal import Journal
+from pnpbroker.outcome import Outcome
+from pnpbroker.resync import Resync
+from pnpbroker.sources import Datagram, Overflow
+from pnpbroker.uevent import Uevent
+
+# ---------------------------------------------------------------------------------------------
+# The reader: source -> checks -> journal.
+
+
+class Calls:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.recorded = 0
+        self.overflows: list[int] = []  # the journal's last sequence when each was reported
+        self.ended: list[bool] = []
+
+    def reader(self, source: FakeSource, store: reading.Store | None = None) -> Reader:
+        return Reader(
+            source,
+            store or self.journal,
+            Counter(),
+            on_recorded=self.record,
+            on_overflow=lambda: self.overflows.append(self.journal.last),
+            on_end=self.ended.append,
+        )
+
+    def record(self) -> None:
+        self.recorded += 1
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    return Journal(tmp_path / "journal.sqlite")
+
+
+async def test_reader_journals_what_it_admits_and_counts_what_it_rejects(
+    journal: Journal,
+) -> None:
+    source, calls = FakeSource(), Calls(journal)
+    reader = calls.reader(source)
+    reader.start()
+    source.feed(datagram(1), datagram(2, sender=4242), datagram(3, uid=1000), datagram(4))
+    source.feed(Datagram(b"add@/devices/x\0ACTION=add\0"))  # no SUBSYSTEM, no SEQNUM
+    await until(lambda: reader.stats["rejected_malformed"] == 1)
+    reader.stop()
+    assert [r.event.seqnum for r in journal.unhandled(10)] == [1, 4]
+    assert (reader.stats["received"], reader.stats["rejected_forged"]) == (2, 2)
+    assert calls.recorded == 1  # one batch, one transaction, one wake-up
+    source.close()
+
+
+async def test_reader_records_what_came_before_an_overflow_then_reports_it(
+    journal: Journal,
+) -> None:
+    source, calls = FakeSource(), Calls(journal)
+    reader = calls.reader(source)
+    reader.start()
+    source.feed(datagram(1), datagram(2), Overflow(), datagram(9))
+    await until(lambda: journal.last == 3)
+    reader.stop()
+    assert calls.overflows == [2]  # EventsLost will name sequence 2: the last before the loss
+    source.close()
+
+
+async def test_reader_ends_with_the_stream_and_fails_with_the_source(journal: Journal) -> None:
+    source, calls = FakeSource(), Calls(journal)
+    calls.reader(source).start()
+    source.feed(datagram(1), end=True)
+    await until(lambda: calls.ended == [True])
+    assert journal.last == 1
+    broken, calls = FakeSource(), Calls(journal)
+    calls.reader(broken).start()
+    broken.fail_with = OSError(5, "Input/output error")
+    broken.feed()
+    await until(lambda: calls.ended == [False])
+    source.close()
+    broken.close()
+
+
+class FullDisk:
+    """A journal that cannot take the next ``failures`` batches (as on a full disk)."""
+
+    def __init__(self, journal: Journal, failures: int) -> None:
+        self.journal, self.failures = journal, failures
+
+    def append(self, events: Sequence[Uevent], raw: Sequence[bytes] | None = None) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.journal.append(events, raw)
+
+
+async def test_reader_stops_reading_while_the_journal_fails_and_loses_nothing(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reading, "JOURNAL_RETRY_SECONDS", 0.01)
+    source, calls = FakeSource(), Calls(journal)
+    reader = calls.reader(source, FullDisk(journal, failures=3))
+    reader.start()
+    source.feed(datagram(1), datagram(2))
+    source.feed(datagram(3))  # arrives while the journal is failing: waits in the source
+    await until(lambda: journal.last == 3)
+    reader.stop()
+    assert [r.event.seqnum for r in journal.unhandled(10)] == [1, 2, 3]
+    source.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The sequencer: one event at a time, in order, outcome stored before the sinks hear of it.
+
+
+@pytest.fixture
+async def running(journal: Journal) -> AsyncIterator[tuple[Sequencer, FakeMode, list[int]]]:
+    mode, handled = FakeMode(fail_on=3), []
+    sequencer = Sequencer(journal, mode, lambda: handled.append(journal.handled))
+    task = asyncio.get_running_loop().create_task(sequencer.run())
+    yield sequencer, mode, handled
+    sequencer.stop()
+    await task
+
+
+async def test_sequencer_runs_each_event_once_in_order_and_stores_the_outcome(
+    journal: Journal, running: tuple[Sequencer, FakeMode, list[int]]
+) -> None:
+    sequencer, mode, handled = running
+    journal.append([uevent(n) for n in range(1, 6)])
+    sequencer.notify()
+    await until(lambda: journal.handled == 5)
+    assert mode.seen == [1, 2, 3, 4, 5]
+    assert not mode.overlapped
+    assert handled == [1, 2, 3, 4, 5]  # told after each, with the outcome already stored
+    outcomes = {r.sequence: r.outcome for r in journal.between(0, 5, 10)}
+    assert outcomes[2] == Outcome("fake", 2, 0, False, 0.001)
+    failed = outcomes[3]  # the mode raised: reported as the event's outcome, the stage goes on
+    assert failed is not None
+    assert (failed.status, failed.error) == (-1, "handler failed: the mode broke")
+
+
+async def test_sequencer_runs_nothing_while_paused(
+    journal: Journal, running: tuple[Sequencer, FakeMode, list[int]]
+) -> None:
+    sequencer, mode, _ = running
+    sequencer.pause()
+    journal.append([uevent(1), uevent(2)])
+    sequencer.notify()
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert (mode.seen, journal.handled) == ([], 0)
+    sequencer.resume()
+    await until(lambda: journal.handled == 2)
+    assert mode.seen == [1, 2]
+
+
+async def test_sequencer_finishes_the_event_in_hand_when_stopped(journal: Journal) -> None:
+    mode = FakeMode()
+    mode.release = asyncio.Event()
+    sequencer = Sequencer(journal, mode, lambda: None)
+    task = asyncio.get_running_loop().create_task(sequencer.run())
+    journal.append([uevent(1), uevent(2)])
+    sequencer.notify()
+    await until(lambda: mode.running == 1)
+    sequencer.stop()
+    mode.release.set()
+    await task
+    assert (mode.seen, journal.handled) == ([1], 1)
+
+
+async def test_sequencer_without_a_program_moves_the_cursor_over_everything(
+    journal: Journal,
+) -> None:
+    handled: list[int] = []
+    sequencer = Sequencer(journal, None, lambda: handled.append(journal.handled))
+    task = asyncio.get_running_loop().create_task(sequencer.run())
+    journal.append([uevent(n) for n in range(1, 1001)])
+    sequencer.notify()
+    await until(lambda: journal.handled == 1000)
+    assert handled == [1000]
+    assert journal.between(0, 1000, 1)[0].outcome is None
+    sequencer.stop()
+    await task
+
+
+# ---------------------------------------------------------------------------------------------
+# The publish queue: windows, back-pressure, resend, reconnect, over a fake link.
+
+
+class Followed:
+    def __init__(self) -> None:
+        self.through: list[int] = []
+
+    def advance(self, through: int) -> None:
+        self.through.append(through)
+
+
+def handled(journal: Journal, count: int) -> None:
+    first = journal.last + 1
+    journal.append([uevent(n) for n in range(first, first + count)])
+    for record in journal.unhandled(count):
+        journal.record_outcome(record.sequence, None)
+
+
+def publishing(publisher: Publisher, journal: Journal, count: int) -> FakeLink:
+    """A fresh link attached, then ``count`` more events handled."""
+    link = FakeLink()
+    publisher.attach(link)
+    handled(journal, count)
+    publisher.advance(journal.handled)
+    return link
+
+
+@pytest.fixture
+async def queue(journal: Journal) -> AsyncIterator[tuple[Publisher, Followed]]:
+    publisher, followed = Publisher(journal), Followed()
+    publisher.followers.append(followed)
+    task = asyncio.get_running_loop().create_task(publisher.run())
+    yield publisher, followed
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_publisher_sends_in_order_and_acknowledges_in_windows(
+    journal: Journal, queue: tuple[Publisher, Followed]
+) -> None:
+    publisher, followed = queue
+    link = publishing(publisher, journal, 2 * WINDOW + 5)
+    await until(lambda: link.outstanding == 3)  # two full windows, then a quiet moment
+    assert link.sequences == list(range(1, 2 * WINDOW + 6))
+    assert max(link.batches) <= WINDOW
+    assert journal.published == 0  # nothing counts as published before the link says so
+    for _ in range(3):
+        link.ack()
+    await until(lambda: journal.published == 2 * WINDOW + 5)
+    assert followed.through == [WINDOW, 2 * WINDOW, 2 * WINDOW + 5]
+    assert publisher.count == 2 * WINDOW + 5
+
+
+async def test_publisher_holds_at_most_max_barriers_windows_unacknowledged(
+    journal: Journal, queue: tuple[Publisher, Followed]
+) -> None:
+    publisher, _ = queue
+    link = publishing(publisher, journal, 10 * WINDOW)
+    await until(lambda: link.outstanding == MAX_BARRIERS)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert len(link.sent) == MAX_BARRIERS * WINDOW  # back-pressure: no fifth window
+    link.ack()
+    await until(lambda: len(link.sent) == (MAX_BARRIERS + 1) * WINDOW)
+    assert link.outstanding == MAX_BARRIERS
+
+
+async def test_publisher_resends_what_was_not_acknowledged_on_the_next_link(
+    journal: Journal, queue: tuple[Publisher, Followed]
+) -> None:
+    publisher, followed = queue
+    first = publishing(publisher, journal, 3 * WINDOW)
+    await until(lambda: first.outstanding == 3)
+    first.ack()  # the first window got through
+    await until(lambda: journal.published == WINDOW)
+    first.die()  # the rest were in flight when the connection dropped
+    await until(lambda: publisher.link is None)
+    handled(journal, 2)  # handled while there is no link: queued in the journal
+    publisher.advance(journal.handled)
+    second = FakeLink()
+    publisher.attach(second)
+    await until(lambda: second.outstanding == 3)
+    assert second.sequences == list(range(WINDOW + 1, 3 * WINDOW + 3))  # no gap, from the cursor
+    for _ in range(3):
+        second.ack()
+    await until(lambda: journal.published == 3 * WINDOW + 2)
+    assert followed.through[-1] == 3 * WINDOW + 2
+    assert sorted(set(followed.through)) == followed.through  # never backwards
+
+
+async def test_publisher_waits_for_a_link_and_tells_it_of_losses(
+    journal: Journal, queue: tuple[Publisher, Followed]
+) -> None:
+    publisher, _ = queue
+    handled(journal, 3)
+    publisher.advance(journal.handled)
+    publisher.lost(3, "u-1")  # no link: nobody to tell, nothing raised
+    await asyncio.sleep(0.01)
+    link = FakeLink()
+    publisher.attach(link)
+    publisher.lost(3, "u-2")
+    await until(lambda: link.sequences == [1, 2, 3])
+    assert link.lost == [(3, "u-2")]
+    link.broken = True
+    publisher.lost(4, "u-3")  # a dying link: logged, the keeper will notice
+
+
+async def test_publisher_stop_publishes_what_is_handled_first(journal: Journal) -> None:
+    publisher, link = Publisher(journal), FakeLink()
+    publisher.attach(link)
+    task = asyncio.get_running_loop().create_task(publisher.run())
+    handled(journal, 5)
+    publisher.advance(journal.handled)
+    publisher.stop()
+    await until(lambda: link.outstanding == 1)
+    assert not task.done()
+    link.ack()
+    await task
+    assert journal.published == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole pipeline, with no bus at all.
+
+
+async def test_the_pipeline_runs_without_a_bus(tmp_path: Path) -> None:
+    source = FakeSource()
+    config = Config(hotplug_program="/bin/true", state_dir=tmp_path)
+    pipeline = Pipeline(config, source, Journal(tmp_path / "journal.sqlite"))
+    pipeline.resync = Resync(tmp_path / "sys")  # the overflow's resync must not touch this /sys
+    link = FakeLink()
+    pipeline.publisher.attach(link)
+    run = asyncio.get_running_loop().create_task(pipeline.run())
+    source.feed(datagram(1), datagram(2), datagram(3, sender=77), Overflow(), datagram(4), end=True)
+    await until(lambda: link.outstanding == 1 or run.done())
+    link.ack()
+    assert await run == ExitCode.OK
+    pipeline.close()
+    assert link.sequences == [1, 2, 3]
+    assert [r.outcome.status if r.outcome else None for r in link.sent] == [0, 0, 0]
+    assert link.lost[0][0] == 2
+    stats = pipeline.statistics()
+    assert (stats["received"], stats["rejected_forged"], stats["overflows"]) == (3, 1, 1)
+    assert (stats["handled"], stats["published"], stats["queued"]) == (3, 3, 0)
+    assert pipeline.resync.count == 1
+
+
+def test_the_core_never_imports_the_bus() -> None:
+    """The direction of the bus edge: pnpbroker.core runs without dbus-fast loaded at all."""
+    code = (
+        "import sys, pnpbroker.core.pipeline, pnpbroker.core.output; "
+        "bad = sorted(m for m in sys.modules if m.startswith(('dbus_fast', 'pnpbroker.bus'))); "
+        "print(' '.join(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
