@@ -198,11 +198,9 @@ class Broker:
             return
         sd_notify("RELOADING=1")
         try:
-            config = self.reload_hook()
+            self.apply(self.reload_hook())
         except (ValueError, RebroadcastError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-        else:
-            self.apply(config)
         sd_notify("READY=1")
 
     def apply(self, config: Config) -> None:
