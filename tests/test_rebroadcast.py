@@ -361,3 +361,35 @@ def test_refuses_libudev_where_udevd_runs(tmp_path: Path) -> None:
         input="",  # a pipe at its end: the broker finishes at once
     )
     assert fine.returncode == 0, fine.stderr
+
+
+class _BesideUdevd(BrokerProcess):
+    """The broker in a private mount namespace where udevd's control socket exists."""
+
+    def argv(self) -> list[str]:
+        wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _UDEVD_RUNS, "sh"]
+        return [*wrap, *super().argv()]
+
+
+@pytest.mark.root
+def test_reload_to_libudev_where_udevd_runs_keeps_the_running_config(
+    system_bus: SystemBus, tmp_path: Path
+) -> None:
+    """SIGHUP with ``libudev`` beside udevd: refused, logged, the broker runs on (and says
+    READY again); a later reload to ``kernel:4`` takes effect."""
+    conf = tmp_path / "pnpbroker.toml"
+    conf.write_text('hotplug_program = ""\n')
+    broker = _BesideUdevd(system_bus, tmp_path / "state", ["-c", str(conf)])
+    with broker:
+        conf.write_text('hotplug_program = ""\nrebroadcast = ["libudev"]\n')
+        broker.send_signal(signal.SIGHUP)
+        broker.wait_for_state("READY=1")
+        assert "reload failed" in broker.log()
+        assert "/run/udev/control is a socket" in broker.log()
+        conf.write_text('hotplug_program = ""\nrebroadcast = ["kernel:4"]\n')
+        broker.send_signal(signal.SIGHUP)
+        broker.wait_for_state("READY=1")
+        assert broker.proc is not None
+        assert broker.proc.poll() is None
+        assert broker.stop() == 0
+    assert "re-broadcasting handled events to kernel:4" in broker.log()
