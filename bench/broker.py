@@ -23,7 +23,7 @@ from support.bus import SystemBus
 from support.netns import NetNS
 
 from bench import events, harness, spawn
-from bench.measures import Config, Values, idle_usage, ms, subscriber_argv
+from bench.measures import Config, Values, cpu_seconds, idle_usage, ms, subscriber_argv
 
 
 class BrokerPending(Exception):
@@ -88,6 +88,62 @@ def _broker_burst(
     kernel = links * events.EVENTS_PER_LINK / (sent.end - sent.start)
     got = harness.drain_rate(result, resumed) if paused else harness.rate(result, sent)
     return got, kernel
+
+
+REBROADCAST = ("--no-program", "--rebroadcast", "libudev")
+
+
+def broker_rebroadcast(cfg: Config) -> Values:
+    """``--rebroadcast libudev`` against no re-broadcast, with no program, each a fresh broker:
+
+    - a live burst with ``udevadm monitor --udev`` listening (events/s at the D-Bus subscriber;
+      the kernel's making rate bounds both);
+    - a queued burst with udevadm listening (events/s at udevadm and at the D-Bus subscriber in
+      the same run), and with nobody listening on netlink (the broker's own cost): the broker's
+      capacity. Besides the rates, the broker's CPU time per event over the drain, which the
+      other work on these cores disturbs less than a rate;
+    - the legacy path (``-p /bin/true``, as ``broker_legacy``).
+    """
+    if cfg.udevadm is None:
+        raise BrokerPending("no udevadm")
+    off = ("--no-program",)
+    out: Values = {}
+    out["rebroadcast.live"], _, _ = _rebroadcast_burst(cfg, REBROADCAST, True, paused=False)
+    out["rebroadcast.live.off"], _, _ = _rebroadcast_burst(cfg, off, False, paused=False)
+    dbus, udev, out["rebroadcast.cpu.on"] = _rebroadcast_burst(cfg, REBROADCAST, True)
+    out["rebroadcast.dbus"], out["rebroadcast.udevadm"] = dbus, udev
+    quiet = _rebroadcast_burst(cfg, REBROADCAST, False)
+    out["rebroadcast.quiet"], out["rebroadcast.cpu.quiet"] = quiet[0], quiet[2]
+    plain = _rebroadcast_burst(cfg, off, False)
+    out["rebroadcast.off"], out["rebroadcast.cpu.off"] = plain[0], plain[2]
+    legacy = ("-p", spawn.PROGRAM)
+    with_it = (*legacy, *REBROADCAST[1:])
+    out["rebroadcast.legacy"], _ = _broker_burst(cfg, True, cfg.legacy_links, with_it)
+    out["rebroadcast.legacy.off"], _ = _broker_burst(cfg, True, cfg.legacy_links, legacy)
+    return out
+
+
+def _rebroadcast_burst(
+    cfg: Config, args: tuple[str, ...], udevadm: bool, paused: bool = True
+) -> tuple[float, float, float]:
+    """(D-Bus events/s, udevadm events/s or 0, broker CPU us per event) for one burst."""
+    links = cfg.burst_links
+    with broker_setup(args) as (ns, address, proc):
+        readers = [harness.Reader(subscriber_argv(address, links, ready_on_match=False))]
+        if udevadm:
+            argv = harness.peer_argv(ns, "udevadm-udev", links, 300)
+            readers.append(harness.Reader(argv, cfg.peer_env()))
+        harness.wait_ready(ns, readers)
+        if paused:
+            harness.pause_group(proc.pid)
+        before = cpu_seconds(proc.pid)
+        sent = events.burst(ns, links)
+        resumed = harness.resume_group(proc.pid) if paused else sent.start
+        results = harness.collect(readers, 300)
+        used = cpu_seconds(proc.pid) - before
+    rates = [harness.drain_rate(harness.checked(r, links), resumed) for r in results]
+    per_event = used / (links * events.EVENTS_PER_LINK) * 1e6
+    return rates[0], rates[1] if udevadm else 0.0, per_event
 
 
 def broker_latency(cfg: Config) -> Values:

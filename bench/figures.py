@@ -84,6 +84,55 @@ BROKER_LATENCY = tuple(
     for versus in ([f"netlink.steady.p{q}"] if mode == "steady" else [None])
 )
 
+BROKER_REBROADCAST = (
+    Figure(
+        "rebroadcast.live",
+        "broker -> D-Bus client, --rebroadcast libudev + udevadm: events/s, live burst",
+        "ev/s",
+        "rebroadcast.live.off",
+    ),
+    Figure("rebroadcast.live.off", "broker -> D-Bus client, no --rebroadcast: ev/s, live", "ev/s"),
+    Figure(
+        "rebroadcast.udevadm",
+        "--rebroadcast libudev -> udevadm monitor --udev: events/s, queued burst",
+        "ev/s",
+        "rebroadcast.dbus",
+    ),
+    Figure(
+        "rebroadcast.dbus",
+        "broker -> D-Bus client, same run (udevadm listening): events/s, queued burst",
+        "ev/s",
+        "rebroadcast.off",
+    ),
+    Figure(
+        "rebroadcast.quiet",
+        "broker -> D-Bus client, --rebroadcast libudev, no netlink listener: events/s",
+        "ev/s",
+        "rebroadcast.off",
+    ),
+    Figure("rebroadcast.off", "broker -> D-Bus client, no --rebroadcast: events/s", "ev/s"),
+    Figure(
+        "rebroadcast.cpu.on",
+        "broker CPU per event, --rebroadcast libudev, udevadm listening",
+        "us",
+        "rebroadcast.cpu.off",
+    ),
+    Figure(
+        "rebroadcast.cpu.quiet",
+        "broker CPU per event, --rebroadcast libudev, no netlink listener",
+        "us",
+        "rebroadcast.cpu.off",
+    ),
+    Figure("rebroadcast.cpu.off", "broker CPU per event, no --rebroadcast", "us"),
+    Figure(
+        "rebroadcast.legacy",
+        "broker with /bin/true and --rebroadcast libudev: events/s",
+        "ev/s",
+        "rebroadcast.legacy.off",
+    ),
+    Figure("rebroadcast.legacy.off", "broker with /bin/true, no --rebroadcast: events/s", "ev/s"),
+)
+
 MEASUREMENTS: tuple[Measurement, ...] = (
     _reader("netlink", "netlink listener (Python)"),
     _reader("udevadm", "udevadm monitor --kernel"),
@@ -100,6 +149,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     ),
     Measurement("broker throughput", broker.broker_throughput, BROKER_THROUGHPUT),
     Measurement("broker latency", broker.broker_latency, BROKER_LATENCY),
+    Measurement("broker rebroadcast", broker.broker_rebroadcast, BROKER_REBROADCAST),
     Measurement(
         "spawn",
         measures.spawn_limit,

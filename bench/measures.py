@@ -138,6 +138,12 @@ def spawn_limit(cfg: Config) -> Values:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time process ``pid`` has run so far, all threads, to the nanosecond (schedstat)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks) / 1e9
+
+
 def idle_usage(pid: int, seconds: float) -> Values:
     """RSS (MB, at the end) and CPU (% of one core) of process ``pid`` over ``seconds``."""
     tick = os.sysconf("SC_CLK_TCK")

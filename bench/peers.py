@@ -91,14 +91,14 @@ def netlink_source(timeout: float) -> Iterator[Parsed]:
             yield parsed
 
 
-def udevadm_source(timeout: float) -> Iterator[Parsed]:
+def udevadm_source(timeout: float, source: str = "--kernel") -> Iterator[Parsed]:
     """``udevadm monitor --kernel --property`` from the unpacked Debian package, parsed.
 
     Its output is read in raw chunks (not through a buffered readline, whose buffer select cannot
     see); an event counts as arrived when its closing blank line has been read.
     """
     udevadm = os.environ["BENCH_UDEVADM"]
-    argv = [udevadm, "monitor", "--kernel", "--property"]
+    argv = [udevadm, "monitor", source, "--property"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, bufsize=0)
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -126,6 +126,11 @@ def _udevadm_block(block: bytes) -> Parsed | None:
     return _parsed(block.split(b"\n"))
 
 
+def udevadm_udev_source(timeout: float) -> Iterator[Parsed]:
+    """``udevadm monitor --udev --property``: the broker's ``--rebroadcast libudev`` events."""
+    return udevadm_source(timeout, "--udev")
+
+
 def pyudev_source(timeout: float) -> Iterator[Parsed]:
     """pyudev's kernel monitor (libudev underneath; needs no udevd for the kernel source)."""
     import pyudev  # type: ignore[import-not-found,unused-ignore]
@@ -144,6 +149,7 @@ SOURCES: dict[str, Source] = {
     "netlink": netlink_source,
     "udevadm": udevadm_source,
     "pyudev": pyudev_source,
+    "udevadm-udev": udevadm_udev_source,
 }
 
 

@@ -48,7 +48,11 @@ the two *idle* measurements (RSS and CPU over {idle:.0f} s, 3 times) run alongsi
 only the idle process's own CPU time and memory. *coldplug*: inside a fresh namespace with a
 broker (no program), `pnpbroker trigger --settle` timed as a command (interpreter start
 included) beside `udevadm trigger --dry-run` (enumeration only) and a `sh` loop writing `add`
-into every uevent file (the floor: no walk order, no uuid, no settle).
+into every uevent file (the floor: no walk order, no uuid, no settle). *rebroadcast*: brokers
+with no program, `--rebroadcast libudev` or not, a fresh one per case: live and queued bursts
+with `udevadm monitor --udev --property` listening (its rate beside the D-Bus subscriber's, same
+run), a queued burst with nobody on netlink; the broker's CPU per event over the drain (schedstat);
+then the legacy path (`-p /bin/true`) with and without.
 The machine is shared: other sessions ran their test suites on these 2 cores during the run, so
 spreads are wide; prefer the ratios (value and peer measured in the same run).
 Ratio = value median / peer-or-limit median.

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.harness import CACHE, python_env
+from bench.harness import CACHE, REPO, python_env
 
 MISSING: dict[str, str] = {}
 
@@ -23,8 +23,8 @@ def _fail(tool: str, why: str) -> None:
 
 
 def udevadm() -> Path | None:
-    """Path to ``udevadm`` unpacked from Debian's udev package."""
-    root = CACHE / "udev"
+    """Path to ``udevadm`` unpacked from Debian's udev package (where scripts/setup puts it)."""
+    root = REPO / ".cache" / "udev"
     binary = root / "root" / "bin" / "udevadm"
     if binary.exists():
         return binary

@@ -16,6 +16,7 @@ from typing import Any
 
 from pnpbroker.errors import ConfigError
 from pnpbroker.legacy import options as legacy
+from pnpbroker.rebroadcast import Target, parse_targets
 from pnpbroker.sizes import parse_size
 
 DEFAULT_PATH = Path("/etc/pnpbroker/pnpbroker.toml")
@@ -49,6 +50,8 @@ class Config:
     user: str = ""
     group: str = ""
     limits: legacy.Limits = ()
+    # Netlink re-broadcast of handled events (pnpbroker.rebroadcast, docs/libudev.md).
+    rebroadcast: tuple[Target, ...] = ()
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -80,6 +83,10 @@ def _convert(key: str, value: object) -> object:
         return number
     if key in legacy.KEYS:
         return legacy.convert(key, value)
+    if key == "rebroadcast":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f'expected a list of strings (e.g. ["libudev"]), got {value!r}')
+        return parse_targets(value)
     if not isinstance(value, str):
         raise ConfigError(key, f"expected a string, got {value!r}")
     if key == "state_dir":

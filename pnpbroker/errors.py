@@ -33,3 +33,7 @@ class ConfigError(ValueError, BrokerError):
 
 class SourceError(OSError, BrokerError):
     """An event source that cannot be opened or used."""
+
+
+class RebroadcastError(OSError, BrokerError):
+    """A re-broadcast socket that cannot be opened (``rebroadcast``)."""

@@ -25,10 +25,12 @@ from pnpbroker.commands import build_parser, main
 from pnpbroker.commands.run import overrides
 from pnpbroker.contract import ExitCode
 from pnpbroker.errors import ConfigError
+from pnpbroker.rebroadcast import Target
 from pnpbroker.sources.helper import DEFAULT_PATH as HELPER_SOCKET
 
 HEADER = "| option | config key | default | meaning |"
 M = 1 << 20
+LIBUDEV, KERNEL_4 = Target("libudev", (2,)), Target("kernel", (3,))
 
 
 def documented_rows() -> list[str]:
@@ -116,6 +118,18 @@ ROWS: dict[str, list[Form]] = {
             "--bus-address", "unix:path=/run/pnpt", field="bus_address", value="unix:path=/run/pnpt"
         ),
         toml_form('bus_address = "unix:path=/run/pnpt"', "bus_address", "unix:path=/run/pnpt"),
+    ],
+    "`--rebroadcast TARGET`": [
+        cli_form("--rebroadcast", "libudev", field="rebroadcast", value=(LIBUDEV,)),
+        cli_form("--rebroadcast", "kernel:4", field="rebroadcast", value=(KERNEL_4,)),
+        cli_form("--rebroadcast", "kernel:0x4", field="rebroadcast", value=(KERNEL_4,)),
+        cli_form(
+            *("--rebroadcast", "libudev", "--rebroadcast", "kernel:4"),
+            field="rebroadcast",
+            value=(LIBUDEV, KERNEL_4),
+        ),
+        toml_form('rebroadcast = ["libudev", "kernel:4"]', "rebroadcast", (LIBUDEV, KERNEL_4)),
+        toml_form("rebroadcast = []", "rebroadcast", ()),
     ],
     "`-v`, `--verbose`": [
         cli_form("-v", field="log_level", value="debug"),

@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 HELP = "read kernel uevents, run the legacy program, publish"
 JOURNAL_NAME = "journal.sqlite"
 #: Options that override a configuration key of the same name.
-OVERRIDES = ("state_dir", "hotplug_program", "timeout", "receive_buffer", "bus_address")
+OVERRIDES = (
+    "state_dir",
+    "hotplug_program",
+    "timeout",
+    "receive_buffer",
+    "bus_address",
+    "rebroadcast",
+)
 
 log = logging.getLogger("pnpbroker")
 
@@ -49,6 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--receive-buffer", help="netlink receive buffer, bytes or 64M (default 128M)"
     )
     parser.add_argument("--bus-address", help="D-Bus address (default: the system bus)")
+    parser.add_argument(
+        "--rebroadcast",
+        action="append",
+        metavar="kernel:GROUPS|libudev",
+        help="after its program, send each event on to netlink: kernel:GROUPS (kernel format, "
+        "GROUPS a bitmask as mdevd -O; kernel:4 for libudev-zero) or libudev (udevd's format, "
+        "group 2; never where udevd runs); repeatable (default: off)",
+    )
     parser.add_argument(
         "-n",
         "--dry-run",

@@ -21,9 +21,11 @@ from pnpbroker.contract import ExitCode
 from pnpbroker.core.publisher import Publisher
 from pnpbroker.core.reader import Reader
 from pnpbroker.core.sequencer import Sequencer
+from pnpbroker.errors import RebroadcastError
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import ProgramRunner, make_mode
 from pnpbroker.notify import sd_notify
+from pnpbroker.rebroadcast import Rebroadcaster
 from pnpbroker.resync import Resync, trigger_in_thread
 from pnpbroker.sources import Source
 
@@ -35,6 +37,8 @@ STATUS_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
 COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
+#: Present once re-broadcast is on: datagrams sent, and refused by the kernel.
+REBROADCAST_COUNTERS = ("rebroadcast", "rebroadcast_failed")
 
 
 class Sink(Protocol):
@@ -59,7 +63,8 @@ class Pipeline:
         self.runner = ProgramRunner(config.timeout, config.kill_grace)
         self.sequencer = Sequencer(journal, make_mode(config, self.runner), self._handled)
         self.publisher = Publisher(journal)
-        self.sinks: list[Sink] = [self.publisher]
+        self.rebroadcaster = self._rebroadcaster(config)
+        self.sinks: list[Sink] = [self.publisher, *self._extra_sinks()]
         self.resync = Resync()
         self.reader = Reader(
             source,
@@ -102,6 +107,8 @@ class Pipeline:
 
     def statistics(self) -> dict[str, int]:
         stats = dict.fromkeys(COUNTERS, 0)
+        if self.config.rebroadcast:
+            stats.update(dict.fromkeys(REBROADCAST_COUNTERS, 0))
         stats.update(self.stats)
         stats.update(
             published=self.publisher.count,
@@ -110,6 +117,14 @@ class Pipeline:
             queued=self.journal.last - self.journal.handled,
         )
         return stats
+
+    def _rebroadcaster(self, config: Config) -> Rebroadcaster | None:
+        if not config.rebroadcast:
+            return None
+        return Rebroadcaster(config.rebroadcast, self.journal, self.stats)
+
+    def _extra_sinks(self) -> list[Sink]:
+        return [self.rebroadcaster] if self.rebroadcaster is not None else []
 
     # What the stages hand up.
     def _handled(self) -> None:
@@ -162,14 +177,19 @@ class Pipeline:
             return
         sd_notify("RELOADING=1")
         try:
-            config = self.reload_hook()
-        except ValueError as exc:
+            self.apply(self.reload_hook())
+        except (ValueError, RebroadcastError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
-        else:
-            self.apply(config)
         sd_notify("READY=1")
 
     def apply(self, config: Config) -> None:
+        """Take ``config`` in; RebroadcastError (nothing changed) if its sockets cannot open."""
+        if config.rebroadcast != self.config.rebroadcast:
+            rebroadcaster = self._rebroadcaster(config)
+            if self.rebroadcaster is not None:
+                self.rebroadcaster.close()
+            self.rebroadcaster = rebroadcaster
+            self.sinks = [self.publisher, *self._extra_sinks()]
         for key in ("state_dir", "receive_buffer", "bus_address"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
@@ -258,5 +278,7 @@ class Pipeline:
 
     def close(self) -> None:
         self.runner.close()
+        if self.rebroadcaster is not None:
+            self.rebroadcaster.close()
         self.journal.close()
         self.source.close()
