@@ -16,17 +16,17 @@ import json
 import os
 from pathlib import Path
 
-from pnpclient import ClientError, EventsLost, subscribe
+from pnpclient import ClientError, EventsLost, Position, subscribe
 
 
-def _start(args: argparse.Namespace) -> int | None:
+def _start(args: argparse.Namespace) -> Position | int | None:
     if args.state is not None and args.state.exists():
-        return int(args.state.read_text())
+        return Position.parse(args.state.read_text())  # JOURNALID:SEQUENCE: checked on resume
     since: int | None = args.since
     return since
 
 
-def _save(path: Path, position: int) -> None:
+def _save(path: Path, position: Position) -> None:
     """Write the position atomically, so a crash leaves the old or the new one."""
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(f"{position}\n")
@@ -37,7 +37,7 @@ async def main(args: argparse.Namespace) -> None:
     async with subscribe(after=_start(args), subsystem=args.subsystem) as events:
         async for item in events:
             if isinstance(item, EventsLost):
-                record = {"events_lost": item.after_sequence, "uuid": item.resync_uuid}
+                record = {"sequence": item.sequence, "events_lost": True, "uuid": item.resync_uuid}
             else:
                 record = {
                     "sequence": item.sequence,

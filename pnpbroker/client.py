@@ -11,14 +11,25 @@ example scripts as ``examples/pnpclient.py`` (a symlink to this file): copy it i
             else:
                 print(item.sequence, item.action, item.devpath)
 
-Delivery: every event after the starting point exactly once, in sequence order. The match rule
-is added first; then the journal is replayed with ``GetEvents`` up to where the broker was
-when the rule took effect (``LastSequence``); later events arrive as signals; repeats are
-dropped by sequence. A restarted broker or a lost bus connection is followed by the same
-replay from the last sequence accounted for. What cannot be delivered raises:
-:class:`JournalGap` (the broker no longer holds the events wanted) and :class:`BrokerReset`
-(the broker's sequence went backwards or no longer matches: a fresh state directory).
-Nothing is skipped silently.
+Delivery: every event after the starting point exactly once, in sequence order, and every
+loss (:class:`EventsLost`) in its place. The match rule is added first; then the journal is
+replayed with ``GetEvents2`` (filtered by the broker) up to where the broker was when the rule
+took effect (``LastSequence``); later events arrive as signals; repeats are dropped by sequence.
+A restarted broker or a lost bus connection is followed by the same replay from the last
+sequence accounted for.
+
+Signals can be lost on the way: the bus daemon drops those meant for a client whose queue is
+full (a loop that stalled during a burst), and with filters on the bus the sequence shows no
+gap. So whenever ``LastSequence`` has passed what was accounted for and no signal came for a
+while (``CHECK_SECONDS``), and whenever more than ``INBOX_MAX`` signals wait unread, the
+subscription reads what it may have missed from the journal, as at the start. Its inbox is
+bounded by ``INBOX_MAX``.
+
+``position`` (a :class:`Position`: the broker's ``JournalId`` and a sequence) says how far it
+got; resuming from it against another journal raises :class:`JournalChanged`. What cannot be
+delivered raises: :class:`JournalGap` (the broker no longer holds the events wanted) and
+:class:`BrokerReset` (the broker's journal is not the one the position is in). Nothing is
+skipped silently.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
-from dbus_fast import BusType, DBusError, Message, MessageType
+from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 # The contract (kept equal to pnpbroker/names.py by the tests; this file imports nothing of ours).
@@ -44,6 +55,10 @@ ERROR_JOURNAL_GAP: Final = "org.pnp.Broker1.Error.NoLongerJournalled"
 _DBUS: Final = "org.freedesktop.DBus"
 
 PAGE: Final = 1024
+#: Signals kept unread at most; past it they are dropped and read again from the journal.
+INBOX_MAX: Final = 1024
+#: With no signal for this long, compare LastSequence with what was accounted for.
+CHECK_SECONDS: Final = 1.0
 _POLL_MAX = 1.0
 _RECONNECT_FIRST, _RECONNECT_MAX = 0.2, 5.0
 
@@ -63,11 +78,40 @@ class JournalGap(ClientError):
 
 
 class BrokerReset(ClientError):
-    """The broker's sequence does not continue ours: it runs on a fresh state directory."""
+    """The broker's sequence does not continue ours: it runs on another journal."""
 
     def __init__(self, position: int, last: int, why: str) -> None:
         super().__init__(f"broker reset: at sequence {position} we expected more; {why}")
         self.position, self.last = position, last
+
+
+class JournalChanged(BrokerReset):
+    """The broker's ``JournalId`` is not the one of our position: a fresh state directory, a
+    damaged journal moved aside, or a power loss under ``journal_sync = "normal"``."""
+
+    def __init__(self, position: int, expected: str, found: str) -> None:
+        super().__init__(position, 0, f"its journal is {found}, not {expected}")
+        self.expected, self.found = expected, found
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How far a subscription got: a sequence in the journal ``journal_id`` names ("" when not
+    known: then it is not checked). Its text form ``JOURNALID:SEQUENCE`` is what to save."""
+
+    journal_id: str
+    sequence: int
+
+    def __str__(self) -> str:
+        return f"{self.journal_id}:{self.sequence}" if self.journal_id else str(self.sequence)
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """``JOURNALID:SEQUENCE`` or a bare ``SEQUENCE``; ValueError otherwise."""
+        journal_id, _, number = text.strip().rpartition(":")
+        if not number.isdigit():
+            raise ValueError(f"not a position (JOURNALID:SEQUENCE): {text!r}")
+        return cls(journal_id, int(number))
 
 
 class ConnectionLost(ClientError):
@@ -165,10 +209,16 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class EventsLost:
-    """The kernel dropped events after ``after_sequence`` (ENOBUFS); a coldplug may resync."""
+    """Events were lost after ``after_sequence`` (the kernel's buffer overflowed, the journal
+    was at its cap or was replaced); the coldplug ``resync_uuid`` re-announces the devices ("":
+    none started). The loss has its own place in the sequence: ``sequence``."""
 
     after_sequence: int
     resync_uuid: str
+
+    @property
+    def sequence(self) -> int:
+        return self.after_sequence + 1
 
 
 Item = Event | EventsLost
@@ -205,6 +255,24 @@ class Filter:
             rule += f",arg3path='{_prefix(self.devpath)}'" if self.devpath else ""
             rules.append(rule)
         return [*rules, f"{base},member='EventsLost'"]
+
+    def options(self) -> dict[str, Variant]:
+        """The same filter for the broker's GetEvents2 (``a{sv}``)."""
+        found: dict[str, Variant] = {}
+        if self.actions:
+            found["actions"] = Variant("as", list(self.actions))
+        if self.subsystems:
+            found["subsystems"] = Variant("as", list(self.subsystems))
+        if self.devpath:
+            found["devpath"] = Variant("s", self.devpath)
+        if self.properties:
+            found["properties"] = Variant("a{ss}", dict(self.properties))
+        return found
+
+    @property
+    def everything(self) -> bool:
+        """No filter at all: every sequence arrives, so a jump is a loss on the way."""
+        return not self.options()
 
     def __call__(self, event: Event) -> bool:
         if self.actions and event.action not in self.actions:
@@ -243,6 +311,7 @@ class _Link:
         self.owner: str | None = None
         self.generation = 0
         self.inbox: deque[Message] = deque()
+        self.overflowed = False  # signals were dropped from the inbox: read the journal
         self.closed = False
         self._wake = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
@@ -274,6 +343,9 @@ class _Link:
         if msg.sender == _DBUS and msg.member == "NameOwnerChanged" and msg.body[0] == BUS_NAME:
             self._set_owner(msg.body[2] or None)
         elif msg.sender == self.owner is not None and msg.interface == INTERFACE:
+            if len(self.inbox) >= INBOX_MAX:
+                self.inbox.clear()  # bounded: what was dropped is read again from the journal
+                self.overflowed = True
             self.inbox.append(msg)
             self._wake.set()
 
@@ -290,11 +362,15 @@ class _Link:
         self.closed = True
         self._wake.set()
 
-    async def wait(self, at_most: float | None = None) -> None:
-        """Until a signal, an owner change or disconnection (callers check before waiting)."""
+    async def wait(self, at_most: float | None = None) -> bool:
+        """Until a signal, an owner change or disconnection (callers check before waiting);
+        False if ``at_most`` seconds passed first."""
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self._wake.wait(), at_most)
+        except TimeoutError:
+            return False
+        return True
 
     async def _call(self, msg: Message) -> list[Any]:
         reply = await self.bus.call(msg)
@@ -327,21 +403,35 @@ class _Link:
         )
         return await self._call(msg)
 
-    async def sequences(self) -> tuple[int, int]:
-        """(the last sequence when asked, the oldest held).
+    async def state(self) -> tuple[int, int, str]:
+        """(the last sequence when asked, the oldest held, the journal's id).
 
-        ``LastSequence`` is at or past every Event signal the broker has sent, and
-        ``GetEvents`` returns every event up to it: what went out before our match rule took
-        effect is there, what goes out after it arrives as a signal.
+        ``LastSequence`` is at or past every signal the broker has sent, and ``GetEvents2``
+        returns every entry up to it: what went out before our match rule took effect is there,
+        what goes out after it arrives as a signal.
         """
         (props,) = await self.broker_call(
             "org.freedesktop.DBus.Properties", "GetAll", "s", [INTERFACE]
         )
-        return int(props["LastSequence"].value), int(props["OldestSequence"].value)
+        journal_id = props["JournalId"].value if "JournalId" in props else ""
+        return int(props["LastSequence"].value), int(props["OldestSequence"].value), journal_id
 
-    async def get_events(self, after: int, limit: int) -> list[Event]:
-        (rows,) = await self.broker_call(INTERFACE, "GetEvents", "tu", [after, limit])
-        return [Event.from_body(row) for row in rows]
+    async def last_sequence(self) -> int:
+        (value,) = await self.broker_call(
+            "org.freedesktop.DBus.Properties", "Get", "ss", [INTERFACE, "LastSequence"]
+        )
+        return int(value.value)
+
+    async def get_page(self, after: int, wanted: Filter) -> tuple[list[Item], int]:
+        """GetEvents2: the matching events and every loss after ``after``, merged in sequence
+        order, and how far the broker looked."""
+        events, lost, through = await self.broker_call(
+            INTERFACE, "GetEvents2", "tua{sv}", [after, PAGE, wanted.options()]
+        )
+        items: list[Item] = [Event.from_body(row) for row in events]
+        items += [EventsLost(int(sequence) - 1, str(uuid)) for sequence, uuid in lost]
+        items.sort(key=lambda item: item.sequence)
+        return items, int(through)
 
     def close(self) -> None:
         if self._watcher is not None:
@@ -353,21 +443,28 @@ class _Link:
 class Subscription:
     """An async iterator of :data:`Item` (an :class:`Event` or :class:`EventsLost`).
 
-    ``position`` is the highest sequence accounted for (delivered, or filtered out): save it
-    and pass it as ``after`` to resume later without a gap or a repeat.
+    ``position`` is how far it got (every sequence up to it delivered, or filtered out), with
+    the broker's ``JournalId``: save ``str(position)`` and pass it as ``after`` to resume
+    later without a gap or a repeat, or be told (:class:`JournalChanged`) that the broker's
+    journal is another one.
     """
 
     def __init__(
-        self, wanted: Filter, after: int | None, address: str | None, reconnect: bool
+        self, wanted: Filter, after: Position | None, address: str | None, reconnect: bool
     ) -> None:
         self.filter = wanted
-        self.position = after
+        self._at = after
         self.address = address
         self.reconnect = reconnect
-        self._last: tuple[int, str, str, str] | None = None
         self._link: _Link | None = None
         self._started = False
+        self._checked = 0.0  # when LastSequence was last compared with our position
         self._items = self._connected()
+
+    @property
+    def position(self) -> Position | None:
+        """How far it got (None: "from now", and the broker has not appeared yet)."""
+        return self._at
 
     def __aiter__(self) -> Subscription:
         return self
@@ -403,9 +500,10 @@ class Subscription:
             self._link = await _Link.open(self.address, self.filter.match_rules())
         except (OSError, EOFError, DBusError) as exc:
             raise ConnectionLost(f"cannot connect to the bus: {exc}") from exc
-        if self.position is None and self._link.owner is not None:
+        if self._at is None and self._link.owner is not None:
             with contextlib.suppress(DBusError):
-                self.position = (await self._link.sequences())[0]
+                last, _, journal_id = await self._link.state()
+                self._at = Position(journal_id, last)
 
     async def _reopen(self) -> _Link:
         delay = _RECONNECT_FIRST
@@ -438,74 +536,94 @@ class Subscription:
             try:
                 async for item in self._replay(link, generation):
                     yield item
+                async for live in self._live(link, generation):
+                    yield live
             except DBusError as exc:
                 if exc.type not in _ABSENT:
                     raise ClientError(f"the broker refused: {exc.type}: {exc.text}") from exc
                 if link.generation == generation and not link.closed:
                     await link.wait(_POLL_MAX)
-                continue
-            async for live in self._live(link, generation):
-                yield live
 
-    async def _replay(self, link: _Link, generation: int) -> AsyncIterator[Event]:
-        """GetEvents from ``position`` up to LastSequence as it was once our rules were in place."""
-        target, oldest = await link.sequences()
-        if self.position is None:
-            self.position = target  # "from now": every later event comes as a signal
+    async def _replay(self, link: _Link, generation: int) -> AsyncIterator[Item]:
+        """What the journal holds after our position, up to LastSequence as it was once our
+        rules were in place (or the broker's journal changed: the position is checked first)."""
+        target, oldest, journal_id = await link.state()
+        self._checked = asyncio.get_running_loop().time()
+        if self._at is None:
+            self._at = Position(journal_id, target)  # "from now": later events come as signals
             return
-        self._check_continuity(target, oldest)
-        await self._check_same_journal(link, oldest)
-        while self.position < target and link.generation == generation and not link.closed:
+        self._check_journal(journal_id, target, oldest)
+        while self._at.sequence < target and link.generation == generation and not link.closed:
             try:
-                events = await link.get_events(self.position, PAGE)
+                items, through = await link.get_page(self._at.sequence, self.filter)
             except DBusError as exc:
                 if exc.type == ERROR_JOURNAL_GAP:
-                    raise JournalGap(self.position + 1, oldest) from exc
+                    raise JournalGap(self._at.sequence + 1, oldest) from exc
                 raise
-            if not events:  # below LastSequence but not returned: the journal lost them
-                raise JournalGap(self.position + 1, oldest)
-            for event in events:
-                if event.sequence != self.position + 1:
-                    raise JournalGap(self.position + 1, event.sequence)
-                self._account(event)
-                if self.filter(event):
-                    yield event
+            for item in items:
+                if item.sequence > self._at.sequence:
+                    self._account(item.sequence)
+                    yield item
+            if through <= self._at.sequence:
+                break
+            self._account(through)
 
     async def _live(self, link: _Link, generation: int) -> AsyncIterator[Item]:
-        assert self.position is not None
+        """Signals as they come; back to the journal when some may have been lost on the way."""
         while link.generation == generation and not link.closed:
-            if not link.inbox:
-                await link.wait()
+            if link.overflowed or await self._behind(link):
+                link.overflowed = False
+                async for item in self._replay(link, generation):
+                    yield item
                 continue
-            msg = link.inbox.popleft()
-            if msg.member == "EventsLost" and msg.signature == "ts":
-                yield EventsLost(int(msg.body[0]), str(msg.body[1]))
-            elif msg.member == "Event" and msg.signature == "tsssa{ss}a{sv}":
-                event = Event.from_body(msg.body)
-                if event.sequence > self.position:  # else a repeat after a broker restart
-                    self._account(event)
-                    if self.filter(event):
-                        yield event
+            if not link.inbox:
+                await link.wait(CHECK_SECONDS)
+                continue
+            found = _item(link.inbox.popleft())
+            assert self._at is not None
+            if found is None or found.sequence <= self._at.sequence:
+                continue  # not ours, or a repeat after a broker restart or a replay
+            if found.sequence > self._at.sequence + 1 and self.filter.everything:
+                link.overflowed = True  # a jump where every sequence comes: read the journal
+                continue
+            self._account(found.sequence)
+            if isinstance(found, EventsLost) or self.filter(found):
+                yield found
 
-    def _account(self, event: Event) -> None:
-        self.position = event.sequence
-        self._last = event.fingerprint()
+    async def _behind(self, link: _Link) -> bool:
+        """With no signal waiting and CHECK_SECONDS since the last look: has LastSequence
+        passed our position (signals the daemon dropped, or events filtered out)?"""
+        now = asyncio.get_running_loop().time()
+        if link.inbox or now - self._checked < CHECK_SECONDS:
+            return False
+        self._checked = now
+        assert self._at is not None
+        return await link.last_sequence() > self._at.sequence
 
-    def _check_continuity(self, target: int, oldest: int) -> None:
-        assert self.position is not None
-        if target < self.position:
-            raise BrokerReset(self.position, target, f"its journal ends at sequence {target}")
-        if target > self.position and not 0 < oldest <= self.position + 1:
-            raise JournalGap(self.position + 1, oldest)
+    def _account(self, sequence: int) -> None:
+        assert self._at is not None
+        self._at = Position(self._at.journal_id, sequence)
 
-    async def _check_same_journal(self, link: _Link, oldest: int) -> None:
-        """The event we delivered last must still be the one at its sequence."""
-        last = self._last
-        if last is None or self.position != last[0] or not 0 < oldest <= last[0]:
-            return
-        found = await link.get_events(last[0] - 1, 1)
-        if found and found[0].sequence == last[0] and found[0].fingerprint() != last:
-            raise BrokerReset(last[0], last[0], f"its event {last[0]} is not the one delivered")
+    def _check_journal(self, journal_id: str, target: int, oldest: int) -> None:
+        assert self._at is not None
+        at = self._at
+        if at.journal_id and journal_id and at.journal_id != journal_id:
+            raise JournalChanged(at.sequence, at.journal_id, journal_id)
+        if not at.journal_id:
+            self._at = at = Position(journal_id, at.sequence)
+        if target < at.sequence:
+            raise BrokerReset(at.sequence, target, f"its journal ends at sequence {target}")
+        if target > at.sequence and not 0 < oldest <= at.sequence + 1:
+            raise JournalGap(at.sequence + 1, oldest)
+
+
+def _item(msg: Message) -> Item | None:
+    """The Event or EventsLost a signal carries (None for anything else)."""
+    if msg.member == "EventsLost" and msg.signature == "ts":
+        return EventsLost(int(msg.body[0]), str(msg.body[1]))
+    if msg.member == "Event" and msg.signature == "tsssa{ss}a{sv}":
+        return Event.from_body(msg.body)
+    return None
 
 
 def subscribe(
@@ -514,19 +632,21 @@ def subscribe(
     subsystem: str | Iterable[str] | None = None,
     devpath: str | None = None,
     properties: Mapping[str, str] | None = None,
-    after: int | None = None,
+    after: Position | str | int | None = None,
     address: str | None = None,
     reconnect: bool = True,
 ) -> Subscription:
-    """Events from the broker, exactly once, in order.
+    """Events from the broker, exactly once, in order, and each loss in its place.
 
-    ``after=None`` starts with events journalled from now on; ``after=N`` replays every event
-    with a sequence above N first (0: the whole journal). ``properties`` maps keys to glob
-    patterns (``{"ID_VENDOR_ID": "046d"}``). ``address`` defaults to the system bus
-    (``DBUS_SYSTEM_BUS_ADDRESS``). If the first connection fails, :class:`ConnectionLost` is
-    raised; with ``reconnect`` a connection lost later is retried forever. A broker that is not
-    running yet is waited for, and a broker restart is always followed.
-    Use it as ``async with subscribe(...) as events``.
+    ``after=None`` starts with events journalled from now on; ``after=`` a saved position
+    (``str(events.position)``, or the :class:`Position`) replays every event after it first,
+    and raises :class:`JournalChanged` if the broker's journal is another one; ``after=N``
+    (a bare sequence) does the same without that check (0: the whole journal). ``properties``
+    maps keys to glob patterns (``{"ID_VENDOR_ID": "046d"}``). ``address`` defaults to the
+    system bus (``DBUS_SYSTEM_BUS_ADDRESS``). If the first connection fails,
+    :class:`ConnectionLost` is raised; with ``reconnect`` a connection lost later is retried
+    forever. A broker that is not running yet is waited for, and a broker restart is always
+    followed. Use it as ``async with subscribe(...) as events``.
     """
     wanted = Filter(
         _names(action),
@@ -534,4 +654,8 @@ def subscribe(
         devpath,
         MappingProxyType(dict(properties or {})),
     )
+    if isinstance(after, int):
+        after = Position("", after)
+    elif isinstance(after, str):
+        after = Position.parse(after)
     return Subscription(wanted, after, address, reconnect)

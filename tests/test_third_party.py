@@ -30,6 +30,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # What the contract (dbus/org.pnp.Broker1.xml, docs/dbus.md) documents, as D-Bus signatures.
 METHODS = {
     "GetEvents": ("tu", "a(tsssa{ss}a{sv})"),
+    "GetEvents2": ("tua{sv}", "a(tsssa{ss}a{sv})a(ts)t"),
     "Trigger": ("a{sv}", "su"),
     "Pause": ("", ""),
     "Resume": ("", ""),
@@ -42,6 +43,7 @@ PROPERTIES = {
     "Paused": "b",
     "Version": "s",
     "Statistics": "a{st}",
+    "JournalId": "s",
 }
 
 DBUS_PYTHON_SUBSCRIBER = r"""

@@ -14,15 +14,26 @@ from typing import Any, Final
 
 from dbus_fast import Message, Variant
 
-from pnpbroker.journal import Record
+from pnpbroker.core.queries import EventFilter, Page
+from pnpbroker.journal import Entry, Lost, Record
 from pnpbroker.outcome import Json, Outcome
 from pnpbroker.uevent import dbus_safe
 
 #: The Event signal, and one row of GetEvents: sequence, action, subsystem, devpath,
 #: properties, handler (the outcome).
 EVENT_SIGNATURE: Final = "tsssa{ss}a{sv}"
-#: The EventsLost signal: after_sequence, resync_uuid.
+#: The EventsLost signal: after_sequence, resync_uuid. The loss's own sequence is
+#: after_sequence + 1.
 LOST_SIGNATURE: Final = "ts"
+#: GetEvents2's reply: the matching events, the losses (sequence, resync_uuid), and through.
+PAGE_SIGNATURE: Final = f"a({EVENT_SIGNATURE})a(ts)t"
+#: GetEvents2's filter keys and their types.
+FILTER_SIGNATURES: Final[Mapping[str, str]] = {
+    "actions": "as",
+    "subsystems": "as",
+    "devpath": "s",
+    "properties": "a{ss}",
+}
 #: The type of each key of the Event's ``handler`` (an :class:`Outcome` in JSON form): written
 #: out, never guessed from the Python value.
 OUTCOME_SIGNATURES: Final[Mapping[str, str]] = {
@@ -72,9 +83,42 @@ def event_body(record: Record) -> list[Any]:
     ]
 
 
-def lost_body(after: int, resync_uuid: str) -> list[Any]:
-    """The body of an EventsLost signal."""
-    return [after, resync_uuid]
+def lost_body(lost: Lost) -> list[Any]:
+    """The body of an EventsLost signal: the sequence before the loss, and its resync."""
+    return [lost.sequence - 1, lost.resync_uuid]
+
+
+def signal_of(entry: Entry) -> tuple[str, str, list[Any]]:
+    """The signal that publishes a journal entry: (member, signature, body)."""
+    if isinstance(entry, Lost):
+        return "EventsLost", LOST_SIGNATURE, lost_body(entry)
+    return "Event", EVENT_SIGNATURE, event_body(entry)
+
+
+def page_body(page: Page) -> list[Any]:
+    """GetEvents2's reply."""
+    return [
+        [event_body(record) for record in page.events],
+        [[lost.sequence, lost.resync_uuid] for lost in page.lost],
+        page.through,
+    ]
+
+
+def event_filter(options: Mapping[str, Variant]) -> EventFilter:
+    """GetEvents2's filter from its ``a{sv}``; ValueError naming what is wrong."""
+    unknown = set(options) - set(FILTER_SIGNATURES)
+    if unknown:
+        raise ValueError(f"unknown filter key(s): {', '.join(sorted(unknown))}")
+    for key, variant in options.items():
+        if variant.signature != FILTER_SIGNATURES[key]:
+            raise ValueError(f"{key} must be {FILTER_SIGNATURES[key]}, not {variant.signature}")
+    value = {key: variant.value for key, variant in options.items()}
+    return EventFilter(
+        tuple(value.get("actions", ())),
+        tuple(value.get("subsystems", ())),
+        str(value.get("devpath", "")),
+        dict(value.get("properties", {})),
+    )
 
 
 def trigger_options(options: Mapping[str, Variant]) -> tuple[list[str], str]:

@@ -24,6 +24,7 @@ from pnpbroker.client import (
     Item,
     JournalGap,
     Outcome,
+    Position,
     subscribe,
 )
 from pnpbroker.contract import STOP_SIGNALS, ExitCode
@@ -47,9 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--devpath", metavar="PREFIX", help="only devices under this devpath")
     parser.add_argument(
-        "--since", type=int, metavar="SEQ", help="first replay journalled events after SEQ"
+        "--since",
+        type=_position,
+        metavar="POSITION",
+        help="first replay journalled events after POSITION: JOURNALID:SEQ as printed when "
+        "listening (checked against the broker's journal), or a bare SEQ (0: all)",
     )
     parser.add_argument("--bus-address", help="D-Bus address (default: the system bus)")
+
+
+def _position(text: str) -> Position:
+    try:
+        return Position.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def describe(outcome: Outcome | None) -> str:
@@ -75,8 +87,8 @@ def _paint(text: str, code: str | None, colour: bool) -> str:
 def format_text(item: Item, *, properties: bool, colour: bool) -> str:
     """The human form: ``SEQUENCE ACTION DEVPATH (SUBSYSTEM) OUTCOME`` (+ keys)."""
     if isinstance(item, EventsLost):
-        uuid = f", resync {item.resync_uuid}" if item.resync_uuid else ""
-        return _paint(f"EVENTS LOST after sequence {item.after_sequence}{uuid}", "1;31", colour)
+        uuid = f", resync {item.resync_uuid}" if item.resync_uuid else ", no resync"
+        return _paint(f"{item.sequence:>8} EVENTS LOST here{uuid}", "1;31", colour)
     action = _paint(f"{item.action:<8}", _COLOURS.get(item.action), colour)
     failed = item.handler is not None and not item.handler.ok
     outcome = _paint(describe(item.handler), "31" if failed else None, colour)
@@ -90,7 +102,8 @@ def format_text(item: Item, *, properties: bool, colour: bool) -> str:
 def as_json(item: Item) -> dict[str, Any]:
     """The JSON form: the signal's fields by name, plus the kernel's seqnum."""
     if isinstance(item, EventsLost):
-        return {"events_lost": {"after_sequence": item.after_sequence, "uuid": item.resync_uuid}}
+        lost = {"after_sequence": item.after_sequence, "uuid": item.resync_uuid}
+        return {"sequence": item.sequence, "events_lost": lost}
     return {
         "sequence": item.sequence,
         "action": item.action,
@@ -106,7 +119,7 @@ def _use_colour(out: TextIO) -> bool:
     return out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
-def _announce(position: int | None) -> None:
+def _announce(position: Position | None) -> None:
     """One line on stderr once subscribed: from here on nothing is missed."""
     where = "the broker is not running; waiting" if position is None else f"after {position}"
     print(f"pnpbroker monitor: listening for events {where}", file=sys.stderr, flush=True)

@@ -1,0 +1,122 @@
+"""GetEvents and GetEvents2, off the event loop: what clients read of the journal.
+
+Any user may read the journal, and a page is thousands of rows. The reads go to one worker
+thread with a second, read-only SQLite connection (WAL lets it read while the pipeline writes),
+so the loop that drains the kernel, runs programs and publishes is held up by a GIL switch, not
+by a client's page. Requests wait their turn in that one thread (first come, first served);
+each is bounded: at most ``limit`` events returned and, with a filter, at most ``SCAN`` entries
+looked at (the reply says how far it got).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TypeVar
+
+from pnpbroker.errors import NoLongerJournalled
+from pnpbroker.journal import Entry, Lost, Record, entry
+from pnpbroker.uevent import Uevent
+
+#: The most entries one filtered read looks at.
+SCAN = 16384
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a reader wants: actions and subsystems exactly, devices under ``devpath``,
+    properties by glob (all must match). Empty: every event."""
+
+    actions: tuple[str, ...] = ()
+    subsystems: tuple[str, ...] = ()
+    devpath: str = ""
+    properties: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __call__(self, event: Uevent) -> bool:
+        if self.actions and event.action not in self.actions:
+            return False
+        if self.subsystems and event.subsystem not in self.subsystems:
+            return False
+        if self.devpath and not event.devpath.startswith(self.devpath.rstrip("/") + "/"):
+            return False
+        return all(
+            fnmatch.fnmatchcase(event.properties.get(key, ""), pattern)
+            for key, pattern in self.properties.items()
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    """What one filtered read found: the matching events and every loss (a loss concerns every
+    reader) after ``after``, oldest first, and ``through``: every entry up to it was looked at."""
+
+    events: list[Record]
+    lost: list[Lost]
+    through: int
+
+
+class Queries:
+    """Reads of the journal at ``path`` in one worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="journal-reads")
+        self._db: sqlite3.Connection | None = None
+
+    async def events(self, after: int, through: int, limit: int) -> list[Record]:
+        """The events (not the losses) with ``after < sequence <= through``, at most ``limit``."""
+        entries = await self._run(self._read, after, through, limit)
+        return [e for e in entries if isinstance(e, Record)]
+
+    async def page(self, after: int, through: int, limit: int, wanted: EventFilter) -> Page:
+        """Up to ``limit`` matching events after ``after``, looking at most ``SCAN`` entries."""
+        return await self._run(self._page, after, through, limit, wanted)
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return self._db
+
+    def _read(self, after: int, through: int, limit: int) -> list[Entry]:
+        rows = self._connection().execute(
+            "SELECT seq, uevent, handler, lost FROM events WHERE seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?",
+            (after, through, limit),
+        )
+        return [entry(*row) for row in rows]
+
+    def _page(self, after: int, through: int, limit: int, wanted: EventFilter) -> Page:
+        events: list[Record] = []
+        lost: list[Lost] = []
+        seen = after
+        while seen < through and len(events) < limit and seen - after < SCAN:
+            entries = self._read(seen, min(through, after + SCAN), 1024)
+            if not entries or entries[0].sequence != seen + 1:
+                oldest = entries[0].sequence if entries else 0
+                raise NoLongerJournalled(seen + 1, oldest)
+            for found in entries:
+                if isinstance(found, Lost):
+                    lost.append(found)
+                elif wanted(found.event):
+                    events.append(found)
+                seen = found.sequence
+                if len(events) >= limit:
+                    break
+        return Page(events, lost, seen)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._db is not None:
+            self._db.close()
+            self._db = None

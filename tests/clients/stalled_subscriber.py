@@ -1,0 +1,60 @@
+"""A pnpclient subscriber whose loop stalls after its first event.
+
+Usage: ``stalled_subscriber.py block|await SECONDS``. ``block`` stops the whole loop
+(``time.sleep``: nothing is read from the bus, the daemon's queue for us fills and it drops
+signals); ``await`` only stops consuming (``asyncio.sleep``: the library keeps reading, into its
+inbox). Prints JSON lines: ``{"ready": ...}`` once subscribed, one per item, ``{"stalling":
+true}`` before the stall, and at exit (SIGTERM) the largest inbox seen.
+"""
+
+import asyncio
+import json
+import signal
+import sys
+import time
+
+from pnpbroker import client
+from pnpbroker.client import EventsLost, subscribe
+
+peak = 0
+_on_message = client._Link._on_message
+
+
+def _counting(self: client._Link, msg: object) -> None:
+    global peak
+    _on_message(self, msg)  # type: ignore[arg-type]
+    peak = max(peak, len(self.inbox))
+
+
+client._Link._on_message = _counting  # type: ignore[method-assign]
+
+
+def say(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def main(mode: str, stall: float) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    first = True
+    try:
+        async with subscribe(subsystem="net", action="add") as events:
+            say(ready=str(events.position))
+            async for item in events:
+                if isinstance(item, EventsLost):
+                    say(lost=item.sequence)
+                    continue
+                say(sequence=item.sequence, interface=item.properties.get("INTERFACE"))
+                if first:
+                    first = False
+                    say(stalling=True)
+                    if mode == "block":
+                        time.sleep(stall)  # noqa: ASYNC251 - the stall this client is for
+                    else:
+                        await asyncio.sleep(stall)
+    except asyncio.CancelledError:
+        say(peak=peak)
+
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))

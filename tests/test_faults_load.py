@@ -1,0 +1,102 @@
+"""Unprivileged load: 32 connections as ``nobody`` read a 50,000-event journal with GetEvents
+in a loop while 1,500 real events arrive. No overflow, every event published; the latency
+this adds is a figure in bench/ (``broker load``), not a threshold here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from support import REPO_ROOT
+from support.broker import BrokerProcess
+from support.bus import SystemBus
+from support.collector import SignalCollector
+from support.coreclient import mine, statistics, wait_until
+from support.netns import NetNS
+
+from pnpbroker.journal import Journal
+from pnpbroker.uevent import from_properties
+
+pytestmark = pytest.mark.root
+
+SCRIPT = REPO_ROOT / "tests" / "clients" / "journal_reader.py"
+JOURNALLED = 50_000
+PROCESSES, PER_PROCESS = 4, 8  # 32 connections
+LINKS = 500  # 1,500 events
+
+
+def prefill(state: Path, count: int = JOURNALLED) -> None:
+    """A journal holding ``count`` handled and published events, as a long-running broker's."""
+    state.mkdir(parents=True)
+    journal = Journal(state / "journal.sqlite", max_events=count)
+    batch = [
+        from_properties(
+            {
+                "ACTION": "add",
+                "DEVPATH": f"/devices/virtual/net/old{n}",
+                "SUBSYSTEM": "net",
+                "SEQNUM": str(n),
+                "INTERFACE": f"old{n}",
+                "IFINDEX": str(n),
+            }
+        )
+        for n in range(1, count + 1)
+    ]
+    journal.append(batch)
+    journal.skip_handling(journal.last)
+    journal.mark_published(journal.last)
+    journal.close()
+
+
+@contextmanager
+def readers(bus: SystemBus) -> Iterator[list[subprocess.Popen[str]]]:
+    prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT), **bus.env()}
+    argv = [*prefix, sys.executable, str(SCRIPT), str(PER_PROCESS), str(JOURNALLED)]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd="/")
+        for _ in range(PROCESSES)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "READY"
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(60)
+
+
+async def test_unprivileged_readers_do_not_hold_up_the_events(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    prefill(state)
+    names = {f"l{i}" for i in range(LINKS)}
+    is_mine = mine(names)
+    async with SignalCollector(system_bus.address) as collector:
+        with BrokerProcess(system_bus, state, ["--no-program"], netns=netns) as broker:
+            with readers(system_bus) as procs:
+                netns.add_ifbs(sorted(names))
+
+                async def published() -> bool:
+                    got = [m for m in collector.members("Event") if is_mine(m.body[4])]
+                    return len(got) >= 3 * LINKS
+
+                await wait_until(published, 300, "every event published under load")
+                stats = await statistics(collector.bus)
+            assert broker.stop() == 0, broker.log()
+    made = [json.loads(proc.stdout.read()) for proc in procs if proc.stdout is not None]
+    assert all(load["calls"] > 0 and load["rows"] > 0 for load in made), made
+    assert stats["overflows"] == 0
+    ours = [m.body[0] for m in collector.members("Event") if is_mine(m.body[4])]
+    assert len(set(ours)) == 3 * LINKS
+    numbers = sorted({int(m.body[0]) for m in collector.members("Event")})
+    assert numbers == list(range(numbers[0], numbers[-1] + 1))
