@@ -61,6 +61,8 @@ class Config:
 
 _LEVELS = ("debug", "info", "warning", "error")
 _SYNC = ("full", "normal")
+#: The smallest journal cap: room for a resync of a small system's devices.
+MIN_JOURNAL_EVENTS = 1000
 ADDRESS_ENV = "DBUS_SYSTEM_BUS_ADDRESS"
 
 
@@ -82,8 +84,14 @@ def _convert(key: str, value: object) -> object:
         return _number(key, value)
     if key in ("receive_buffer", "retention_events", "journal_max_events"):
         number = _size(key, value)
-        if number <= 0 or (key == "journal_max_events" and number < 2):
-            raise ConfigError(key, f"must be positive (at least 2 for a cap), got {number}")
+        if number <= 0:
+            raise ConfigError(key, f"must be positive, got {number}")
+        if key == "journal_max_events" and number < MIN_JOURNAL_EVENTS:
+            raise ConfigError(
+                key,
+                f"at least {MIN_JOURNAL_EVENTS}, got {number} (a resync re-announces every "
+                "device: the journal must hold them)",
+            )
         return number
     if key in legacy.KEYS:
         return legacy.convert(key, value)

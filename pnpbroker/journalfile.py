@@ -104,10 +104,11 @@ def _checked(path: Path, sync: str) -> sqlite3.Connection:
 
 
 def _prepare(db: sqlite3.Connection, path: Path, sync: str) -> None:
-    """WAL mode, the schema (made or migrated), a quick check, the durability and identity."""
+    """The schema (made or migrated; looked at before anything is written), WAL mode, a quick
+    check, the durability and identity."""
     try:
-        db.execute("PRAGMA journal_mode=WAL")
         version = _version(db, path)
+        db.execute("PRAGMA journal_mode=WAL")
         if version is None:
             _script(db, _SCHEMA)
         elif version == 1:

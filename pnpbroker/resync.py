@@ -45,6 +45,11 @@ class Resync:
         self._queued: str | None = None
         self._held = False
 
+    @property
+    def busy(self) -> bool:
+        """A resync runs, or one waits to."""
+        return self._running is not None or self._queued is not None
+
     def hold(self) -> None:
         """Start nothing new until :meth:`release` (requests meanwhile share one UUID)."""
         self._held = True

@@ -18,10 +18,8 @@ from support.broker import BrokerProcess
 from support.bus import SystemBus
 from support.collector import SignalCollector
 from support.coreclient import mine, statistics, wait_until
+from support.journal import prefill
 from support.netns import NetNS
-
-from pnpbroker.journal import Journal
-from pnpbroker.uevent import from_properties
 
 pytestmark = pytest.mark.root
 
@@ -29,29 +27,6 @@ SCRIPT = REPO_ROOT / "tests" / "clients" / "journal_reader.py"
 JOURNALLED = 50_000
 PROCESSES, PER_PROCESS = 4, 8  # 32 connections
 LINKS = 500  # 1,500 events
-
-
-def prefill(state: Path, count: int = JOURNALLED) -> None:
-    """A journal holding ``count`` handled and published events, as a long-running broker's."""
-    state.mkdir(parents=True)
-    journal = Journal(state / "journal.sqlite", max_events=count)
-    batch = [
-        from_properties(
-            {
-                "ACTION": "add",
-                "DEVPATH": f"/devices/virtual/net/old{n}",
-                "SUBSYSTEM": "net",
-                "SEQNUM": str(n),
-                "INTERFACE": f"old{n}",
-                "IFINDEX": str(n),
-            }
-        )
-        for n in range(1, count + 1)
-    ]
-    journal.append(batch)
-    journal.skip_handling(journal.last)
-    journal.mark_published(journal.last)
-    journal.close()
 
 
 @contextmanager
@@ -78,7 +53,7 @@ async def test_unprivileged_readers_do_not_hold_up_the_events(
     system_bus: SystemBus, netns: NetNS, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
-    prefill(state)
+    prefill(state, JOURNALLED)
     names = {f"l{i}" for i in range(LINKS)}
     is_mine = mine(names)
     async with SignalCollector(system_bus.address) as collector:

@@ -116,7 +116,7 @@ ROWS: dict[str, list[Form]] = {
     "`journal_max_events`": [
         toml_form("journal_max_events = 1000000", "journal_max_events", 1_000_000),
         toml_form('journal_max_events = "1M"', "journal_max_events", 1 << 20),
-        toml_form("journal_max_events = 200", "journal_max_events", 200),
+        toml_form("journal_max_events = 5000", "journal_max_events", 5000),
     ],
     "`journal_sync`": [
         toml_form('journal_sync = "full"', "journal_sync", "full"),

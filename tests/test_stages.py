@@ -387,7 +387,7 @@ async def test_the_pipeline_runs_without_a_bus(tmp_path: Path) -> None:
     source = FakeSource()
     config = Config(hotplug_program="/bin/true", state_dir=tmp_path)
     pipeline = Pipeline(config, source, Journal(tmp_path / "journal.sqlite"))
-    pipeline.resync = Resync(tmp_path / "sys")  # the overflow's resync must not touch this /sys
+    pipeline.losses.resync = Resync(tmp_path / "sys")  # the resync must not touch this /sys
     link = FakeLink()
     pipeline.publisher.attach(link)
     run = asyncio.get_running_loop().create_task(pipeline.run())
@@ -402,7 +402,7 @@ async def test_the_pipeline_runs_without_a_bus(tmp_path: Path) -> None:
     stats = pipeline.statistics()
     assert (stats["received"], stats["rejected_forged"], stats["overflows"]) == (3, 1, 1)
     assert (stats["handled"], stats["published"], stats["queued"]) == (4, 4, 0)
-    assert pipeline.resync.count == 1
+    assert pipeline.losses.resync.count == 1
 
 
 def test_the_core_never_imports_the_bus() -> None:

@@ -163,10 +163,15 @@ async def _start(cfg: config.Config, args: argparse.Namespace, keys: Mapping[str
     from pnpbroker.sources.choose import SourceOptions
 
     output = parse_fd(args.output) if args.output else None
-    source = open_source(cfg, SourceOptions(args.source, args.helper_socket))
     if args.dry_run:
-        return await dry_run(cfg, source)
-    return await serve(cfg, source, open_journal(cfg), output, args.config, keys)
+        return await dry_run(cfg, open_source(cfg, SourceOptions(args.source, args.helper_socket)))
+    journal = open_journal(cfg)  # first: a journal it cannot use stops it before anything runs
+    try:
+        source = open_source(cfg, SourceOptions(args.source, args.helper_socket))
+    except BaseException:
+        journal.close()
+        raise
+    return await serve(cfg, source, journal, output, args.config, keys)
 
 
 def open_source(cfg: config.Config, options: SourceOptions) -> Source:

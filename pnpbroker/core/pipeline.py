@@ -22,6 +22,7 @@ from typing import Protocol
 
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
+from pnpbroker.core.losses import Losses
 from pnpbroker.core.publisher import Publisher
 from pnpbroker.core.queries import EventFilter, Page, Queries
 from pnpbroker.core.reader import Reader
@@ -32,8 +33,8 @@ from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import ProgramRunner, make_mode
 from pnpbroker.notify import sd_notify
 from pnpbroker.rebroadcast import Rebroadcaster
-from pnpbroker.resync import Resync, trigger_in_thread
-from pnpbroker.sources import Overflow, Source
+from pnpbroker.resync import trigger_in_thread
+from pnpbroker.sources import Source
 from pnpbroker.trouble import Trouble
 
 log = logging.getLogger(__name__)
@@ -70,18 +71,20 @@ class Pipeline:
         self.publisher = Publisher(journal)
         self.rebroadcaster = self._rebroadcaster(config)
         self.sinks: list[Sink] = [self.publisher, *self._extra_sinks()]
-        self.resync = Resync()
+        self.losses = Losses(journal, self.stats, config.receive_buffer)
+        self.losses.paused = lambda: self.paused
         self.reader = Reader(
             source,
             journal,
             self.stats,
             on_recorded=self.sequencer.notify,
-            on_overflow=self._lost,
+            on_overflow=self.losses.overflow,
             on_end=self._reader_ended,
-            on_capped=self._capped,
-            on_room=self._room,
+            on_capped=self.losses.capped,
+            on_room=self.losses.room,
             resume_room=max(1, journal.max_entries // 10),
         )
+        self.publisher.followers += [self.reader, self.losses]  # room again: resume, resync
         self.queries = Queries(journal.path)
         self.exit_code = ExitCode.OK
         self.reload_hook: Callable[[], Config] | None = None
@@ -149,45 +152,6 @@ class Pipeline:
         through = self.journal.handled
         for sink in self.sinks:
             sink.advance(through)
-
-    def _lost(self, overflow: Overflow) -> str:
-        """The reader met a loss; the resync UUID its journal entry names."""
-        if overflow.recorded is not None:
-            log.warning("the stream records a loss here (resync %s)", overflow.recorded or "none")
-            return overflow.recorded
-        self.stats["overflows"] += 1
-        uuid = self.resync.request()
-        log.error(
-            "KERNEL DROPPED UEVENTS: receive buffer overflow (ENOBUFS), journalled as a loss in "
-            "its place; raise receive_buffer (now %d bytes); devices re-announced with "
-            "SYNTH_UUID=%s",
-            self.config.receive_buffer,
-            uuid,
-        )
-        return uuid
-
-    def _capped(self) -> str:
-        """The journal is at its cap: new events are dropped until there is room; the resync
-        the loss names waits until then (its own events would be dropped too)."""
-        self.resync.hold()
-        uuid = self.resync.request()
-        log.error(
-            "JOURNAL AT ITS CAP: journal_max_events = %d reached with %d entries not yet "
-            "published%s; dropping new events until a tenth of it is free, then devices are "
-            "re-announced with SYNTH_UUID=%s",
-            self.journal.max_entries,
-            self.journal.last - self.journal.published,
-            " (paused)" if self.paused else "",
-            uuid,
-        )
-        return uuid
-
-    def _room(self) -> None:
-        log.warning(
-            "room in the journal again after %d dropped events; the resync starts",
-            self.stats["dropped"],
-        )
-        self.resync.release()
 
     def _reader_ended(self, eof: bool) -> None:
         if eof:

@@ -148,15 +148,27 @@ class Reader:
             pending.clear()
             self.on_recorded()
 
+    def advance(self, through: int) -> None:
+        """The publish queue acknowledged up to ``through`` (this is one of its followers):
+        published entries can make room, so a capped reader looks whether it may take events
+        again, also when none are arriving."""
+        if self.capped:
+            with contextlib.suppress(sqlite3.Error):  # the next batch will try again
+                self._uncap()
+
+    def _uncap(self) -> bool:
+        """True once the store has room again (a tenth of the cap, ``resume_room``)."""
+        if self.capped and self.store.room(self.resume_room) >= self.resume_room:
+            self.capped = False
+            self.on_room()
+        return not self.capped
+
     def _fit(self, pending: list[Accepted]) -> None:
         """Keep what fits under the store's cap: past it, one loss, then drop until there is
         room again (what is dropped is counted; the loss's resync covers it)."""
-        if self.capped:
-            if self.store.room(self.resume_room) < self.resume_room:
-                self._drop(pending, 0)
-                return
-            self.capped = False
-            self.on_room()
+        if not self._uncap():
+            self._drop(pending, 0)
+            return
         fit = self.store.room(len(pending) + 1)  # the last place is kept for a loss
         if fit > len(pending):
             return

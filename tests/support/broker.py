@@ -135,7 +135,11 @@ class BrokerProcess:
             self._notify.close()
 
     def __enter__(self) -> BrokerProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # a broker that never became ready: no process, no socket left over
+            raise
 
     def __exit__(
         self,

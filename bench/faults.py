@@ -1,0 +1,113 @@
+"""What the broker's answers to faults cost, each beside the same run without them.
+
+- ``broker load``: latency at the steady rate of a broker whose journal holds 50,000 events,
+  while 32 connections as ``nobody`` (4 processes of 8) call GetEvents from random places in a
+  loop (tests/clients/journal_reader.py), beside the same broker with no readers; also the
+  GetEvents calls served per second meanwhile.
+- ``broker sync``: events/s of a queued burst with ``journal_sync = "full"`` (the default: a
+  synced commit per batch read and per outcome stored) beside ``"normal"``, with ``/bin/true``
+  as the program and with none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from support.broker import BrokerProcess
+from support.bus import SystemBus
+from support.journal import prefill
+
+from bench import events, harness, spawn
+from bench.broker import _broker_burst
+from bench.measures import Config, Values, ms, subscriber_argv
+
+JOURNALLED = 50_000
+PROCESSES, PER_PROCESS = 4, 8
+READER = harness.REPO / "tests" / "clients" / "journal_reader.py"
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+@contextlib.contextmanager
+def readers(address: str, count: int) -> Iterator[list[dict[str, int]]]:
+    """``count`` reader processes as nobody, each with PER_PROCESS connections; yields the list
+    their totals are appended to when they stop."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(harness.REPO)}
+    env["DBUS_SYSTEM_BUS_ADDRESS"] = address
+    argv = [*NOBODY, sys.executable, str(READER), str(PER_PROCESS), str(JOURNALLED)]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd="/")
+        for _ in range(count)
+    ]
+    totals: list[dict[str, int]] = []
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "READY":
+                raise RuntimeError("a journal reader did not start")
+        yield totals
+    finally:
+        for proc in procs:
+            proc.terminate()
+            out, _ = proc.communicate(60)
+            if out.strip():
+                totals.append(json.loads(out.strip().splitlines()[-1]))
+
+
+def _steady_latency(cfg: Config, loaded: bool) -> tuple[list[float], float]:
+    """Latencies (s) of a steady run, and GetEvents calls/s served meanwhile."""
+    links = cfg.steady_links
+    with (
+        tempfile.TemporaryDirectory(prefix="pnp-bench-load-") as tmp,
+        events.netns() as ns,
+        SystemBus() as bus,
+    ):
+        state = Path(tmp) / "state"
+        prefill(state, JOURNALLED)
+        broker = BrokerProcess(bus, state, ["--no-program"], netns=ns)
+        try:
+            broker.start(60.0, start_new_session=True, cwd=harness.REPO)
+            with readers(bus.address, PROCESSES if loaded else 0) as totals:
+                reader = harness.Reader(subscriber_argv(bus.address, links, ready_on_match=False))
+                harness.wait_ready(ns, [reader])
+                began = time.monotonic()
+                sent = events.steady(ns, links, cfg.steady_rate)
+                [result] = harness.collect([reader], 300)
+                took = time.monotonic() - began
+        finally:
+            broker.stop(60)
+            broker.close()
+    calls = sum(total["calls"] for total in totals) / took
+    return harness.latencies_vs_sent(harness.checked(result, links), sent), calls
+
+
+def broker_load(cfg: Config) -> Values:
+    quiet, _ = _steady_latency(cfg, False)
+    loaded, calls = _steady_latency(cfg, True)
+    return {
+        "load.quiet.p50": ms(quiet, 50),
+        "load.quiet.p99": ms(quiet, 99),
+        "load.busy.p50": ms(loaded, 50),
+        "load.busy.p99": ms(loaded, 99),
+        "load.calls": calls,
+    }
+
+
+def broker_sync(cfg: Config) -> Values:
+    out: Values = {}
+    with tempfile.TemporaryDirectory(prefix="pnp-bench-sync-") as tmp:
+        normal = Path(tmp) / "normal.toml"
+        normal.write_text('journal_sync = "normal"\n')
+        legacy = ("-p", spawn.PROGRAM)
+        for name, sync in (("full", ()), ("normal", ("-c", str(normal)))):
+            out[f"sync.{name}.legacy"], _ = _broker_burst(
+                cfg, True, cfg.legacy_links, (*legacy, *sync)
+            )
+            out[f"sync.{name}.none"], _ = _broker_burst(cfg, True, 0, ("--no-program", *sync))
+    return out
