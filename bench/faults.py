@@ -55,7 +55,7 @@ def readers(address: str, count: int) -> Iterator[list[dict[str, int]]]:
     finally:
         for proc in procs:
             proc.terminate()
-            out, _ = proc.communicate(60)
+            out, _ = proc.communicate(timeout=60)
             if out.strip():
                 totals.append(json.loads(out.strip().splitlines()[-1]))
 
