@@ -30,7 +30,9 @@ LINKS = 500  # 1,500 events
 
 
 @contextmanager
-def readers(bus: SystemBus) -> Iterator[list[subprocess.Popen[str]]]:
+def readers(bus: SystemBus) -> Iterator[list[dict[str, int]]]:
+    """The reader processes as nobody, started; yields the list their totals go to when they
+    stop."""
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT), **bus.env()}
     argv = [*prefix, sys.executable, str(SCRIPT), str(PER_PROCESS), str(JOURNALLED)]
@@ -38,15 +40,18 @@ def readers(bus: SystemBus) -> Iterator[list[subprocess.Popen[str]]]:
         subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd="/")
         for _ in range(PROCESSES)
     ]
+    totals: list[dict[str, int]] = []
     try:
         for proc in procs:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "READY"
-        yield procs
+        yield totals
     finally:
         for proc in procs:
             proc.terminate()
-            proc.wait(60)
+            out, _ = proc.communicate(timeout=60)
+            if out.strip():
+                totals.append(json.loads(out.strip().splitlines()[-1]))
 
 
 async def test_unprivileged_readers_do_not_hold_up_the_events(
@@ -58,7 +63,7 @@ async def test_unprivileged_readers_do_not_hold_up_the_events(
     is_mine = mine(names)
     async with SignalCollector(system_bus.address) as collector:
         with BrokerProcess(system_bus, state, ["--no-program"], netns=netns) as broker:
-            with readers(system_bus) as procs:
+            with readers(system_bus) as made:
                 netns.add_ifbs(sorted(names))
 
                 async def published() -> bool:
@@ -68,8 +73,9 @@ async def test_unprivileged_readers_do_not_hold_up_the_events(
                 await wait_until(published, 300, "every event published under load")
                 stats = await statistics(collector.bus)
             assert broker.stop() == 0, broker.log()
-    made = [json.loads(proc.stdout.read()) for proc in procs if proc.stdout is not None]
-    assert all(load["calls"] > 0 and load["rows"] > 0 for load in made), made
+    assert len(made) == PROCESSES
+    assert all(load["calls"] > 0 for load in made), made
+    assert all(load["rows"] > 0 for load in made), made
     assert stats["overflows"] == 0
     ours = [m.body[0] for m in collector.members("Event") if is_mine(m.body[4])]
     assert len(set(ours)) == 3 * LINKS
