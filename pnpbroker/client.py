@@ -20,10 +20,12 @@ sequence accounted for.
 
 Signals can be lost on the way: the bus daemon drops those meant for a client whose queue is
 full (a loop that stalled during a burst), and with filters on the bus the sequence shows no
-gap. So whenever ``LastSequence`` has passed what was accounted for and no signal came for a
-while (``CHECK_SECONDS``), and whenever more than ``INBOX_MAX`` signals wait unread, the
-subscription reads what it may have missed from the journal, as at the start. Its inbox is
-bounded by ``INBOX_MAX``.
+gap. A queue fills only with signals for us, so some do arrive around a loss: after signals
+came, once none came for ``CHECK_SECONDS``, the subscription compares ``LastSequence`` with
+what it accounted for and, if the broker is ahead, reads what it may have missed from the
+journal (``GetEvents2``, filtered by the broker), as at the start; so it does without a filter
+at once when a sequence jumps, and when more than ``INBOX_MAX`` signals wait unread (its inbox
+is bounded). An idle subscription asks nothing.
 
 ``position`` (a :class:`Position`: the broker's ``JournalId`` and a sequence) says how far it
 got; resuming from it against another journal raises :class:`JournalChanged`. What cannot be
@@ -59,6 +61,9 @@ PAGE: Final = 1024
 INBOX_MAX: Final = 1024
 #: With no signal for this long, compare LastSequence with what was accounted for.
 CHECK_SECONDS: Final = 1.0
+#: A call not answered in this long is asked again: a daemon whose queue for us is full drops
+#: replies too (dbus-fast's calls wait forever).
+CALL_SECONDS: Final = 10.0
 _POLL_MAX = 1.0
 _RECONNECT_FIRST, _RECONNECT_MAX = 0.2, 5.0
 
@@ -373,7 +378,10 @@ class _Link:
         return True
 
     async def _call(self, msg: Message) -> list[Any]:
-        reply = await self.bus.call(msg)
+        try:
+            reply = await asyncio.wait_for(self.bus.call(msg), CALL_SECONDS)
+        except TimeoutError:
+            raise DBusError(f"{_DBUS}.Error.NoReply", f"no reply to {msg.member}") from None
         assert reply is not None
         if reply.message_type == MessageType.ERROR:
             text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
@@ -458,7 +466,7 @@ class Subscription:
         self.reconnect = reconnect
         self._link: _Link | None = None
         self._started = False
-        self._checked = 0.0  # when LastSequence was last compared with our position
+        self._unchecked = False  # signals came since LastSequence was last compared with ours
         self._items = self._connected()
 
     @property
@@ -548,7 +556,7 @@ class Subscription:
         """What the journal holds after our position, up to LastSequence as it was once our
         rules were in place (or the broker's journal changed: the position is checked first)."""
         target, oldest, journal_id = await link.state()
-        self._checked = asyncio.get_running_loop().time()
+        self._unchecked = False
         if self._at is None:
             self._at = Position(journal_id, target)  # "from now": later events come as signals
             return
@@ -571,14 +579,17 @@ class Subscription:
     async def _live(self, link: _Link, generation: int) -> AsyncIterator[Item]:
         """Signals as they come; back to the journal when some may have been lost on the way."""
         while link.generation == generation and not link.closed:
-            if link.overflowed or await self._behind(link):
+            if link.overflowed:
                 link.overflowed = False
                 async for item in self._replay(link, generation):
                     yield item
                 continue
             if not link.inbox:
-                await link.wait(CHECK_SECONDS)
+                quiet = not await link.wait(CHECK_SECONDS if self._unchecked else None)
+                if quiet and self._unchecked:
+                    link.overflowed = await self._behind(link)
                 continue
+            self._unchecked = True
             found = _item(link.inbox.popleft())
             assert self._at is not None
             if found is None or found.sequence <= self._at.sequence:
@@ -591,12 +602,9 @@ class Subscription:
                 yield found
 
     async def _behind(self, link: _Link) -> bool:
-        """With no signal waiting and CHECK_SECONDS since the last look: has LastSequence
-        passed our position (signals the daemon dropped, or events filtered out)?"""
-        now = asyncio.get_running_loop().time()
-        if link.inbox or now - self._checked < CHECK_SECONDS:
-            return False
-        self._checked = now
+        """Has LastSequence passed our position (signals the daemon dropped, or only events
+        our filter leaves out)?"""
+        self._unchecked = False
         assert self._at is not None
         return await link.last_sequence() > self._at.sequence
 

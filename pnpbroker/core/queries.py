@@ -84,7 +84,7 @@ class Queries:
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            uri = f"file:{self.path}?mode=ro"
+            uri = f"{self.path.absolute().as_uri()}?mode=ro"
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         return self._db
 
