@@ -169,7 +169,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
             )
             for q in (50, 99)
         )
-        + (Figure("load.calls", "GetEvents calls served meanwhile (4,096 rows each)", "/s"),),
+        + (Figure("load.rows", "journal rows served to those readers meanwhile", "rows/s"),),
     ),
     Measurement(
         "broker sync",

@@ -5,7 +5,10 @@ thread with a second, read-only SQLite connection (WAL lets it read while the pi
 so the loop that drains the kernel, runs programs and publishes is held up by a GIL switch, not
 by a client's page. Requests wait their turn in that one thread (first come, first served);
 each is bounded: at most ``limit`` events returned and, with a filter, at most ``SCAN`` entries
-looked at (the reply says how far it got).
+looked at (the reply says how far it got). All readers together get ``ROWS_PER_SECOND``
+rows (a token bucket: a read takes the most it may look at before it starts, and gives back
+what it did not use): past it a request waits its turn, so however many clients read in a
+loop, most of the broker's time stays the pipeline's.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +30,9 @@ from pnpbroker.uevent import Uevent
 
 #: The most entries one filtered read looks at.
 SCAN = 16384
+#: Rows looked at per second by all readers together (reading, decoding and marshalling a row
+#: costs about 8 us here: this is about a quarter of a core), and the burst allowed.
+ROWS_PER_SECOND, ROWS_BURST = 32768.0, 8192.0
 T = TypeVar("T")
 
 
@@ -62,22 +69,58 @@ class Page:
     through: int
 
 
-class Queries:
-    """Reads of the journal at ``path`` in one worker thread."""
+class Budget:
+    """A token bucket of rows: a read takes its most before it starts (waiting while the
+    bucket is in debt), and gives back what it did not use."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, rate: float = ROWS_PER_SECOND, burst: float = ROWS_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self._stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, rows: int) -> None:
+        self._refill()
+        while self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
+            self._refill()
+        self.tokens -= rows
+
+    def give_back(self, rows: int) -> None:
+        self._refill()
+        self.tokens = min(self.burst, self.tokens + rows)
+
+
+class Queries:
+    """Reads of the journal at ``path`` in one worker thread, within a :class:`Budget`."""
+
+    def __init__(self, path: Path, budget: Budget | None = None) -> None:
         self.path = path
+        self.budget = budget or Budget()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="journal-reads")
         self._db: sqlite3.Connection | None = None
 
     async def events(self, after: int, through: int, limit: int) -> list[Record]:
         """The events (not the losses) with ``after < sequence <= through``, at most ``limit``."""
+        await self.budget.take(limit)
         entries = await self._run(self._read, after, through, limit)
+        self.budget.give_back(limit - len(entries))
         return [e for e in entries if isinstance(e, Record)]
 
     async def page(self, after: int, through: int, limit: int, wanted: EventFilter) -> Page:
         """Up to ``limit`` matching events after ``after``, looking at most ``SCAN`` entries."""
-        return await self._run(self._page, after, through, limit, wanted)
+        await self.budget.take(SCAN)
+        try:
+            found = await self._run(self._page, after, through, limit, wanted)
+        except BaseException:
+            self.budget.give_back(SCAN)
+            raise
+        self.budget.give_back(SCAN - (found.through - after))
+        return found
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
