@@ -4,9 +4,9 @@
   while 32 connections as ``nobody`` (4 processes of 8) call GetEvents from random places in a
   loop (tests/clients/journal_reader.py), beside the same broker with no readers; also the
   GetEvents calls served per second meanwhile.
-- ``broker sync``: events/s of a queued burst with ``journal_sync = "full"`` (the default: a
-  synced commit per batch read and per outcome stored) beside ``"normal"``, with ``/bin/true``
-  as the program and with none.
+- ``broker sync``: ``journal_sync = "full"`` (the default: an fsync of the WAL before each window
+  is shown to clients) beside ``"normal"``: events/s of a queued burst with ``/bin/true`` as the
+  program and with none, and the latency at the steady rate.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def readers(address: str, count: int) -> Iterator[dict[str, float]]:
         served["rows"] = rate
 
 
-def _steady_latency(cfg: Config, loaded: bool) -> tuple[list[float], float]:
+def _steady_latency(
+    cfg: Config, loaded: bool, args: tuple[str, ...] = ()
+) -> tuple[list[float], float]:
     """Latencies (s) of a steady run, and journal rows/s served to the readers meanwhile."""
     links = cfg.steady_links
     with (
@@ -73,7 +75,7 @@ def _steady_latency(cfg: Config, loaded: bool) -> tuple[list[float], float]:
     ):
         state = Path(tmp) / "state"
         prefill(state, JOURNALLED)
-        broker = BrokerProcess(bus, state, ["--no-program"], netns=ns)
+        broker = BrokerProcess(bus, state, ["--no-program", *args], netns=ns)
         try:
             broker.start(60.0, start_new_session=True, cwd=harness.REPO)
             with readers(bus.address, PROCESSES if loaded else 0) as served:
@@ -111,4 +113,6 @@ def broker_sync(cfg: Config) -> Values:
                 cfg, True, cfg.legacy_links, (*legacy, *sync)
             )
             out[f"sync.{name}.none"], _ = _broker_burst(cfg, True, 0, ("--no-program", *sync))
+            latencies, _ = _steady_latency(cfg, False, sync)
+            out[f"sync.{name}.p50"], out[f"sync.{name}.p99"] = ms(latencies, 50), ms(latencies, 99)
     return out

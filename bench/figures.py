@@ -189,6 +189,19 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 "sync.normal.none",
             ),
             Figure("sync.normal.none", 'broker, no program, journal_sync = "normal"', "ev/s"),
+            *(
+                Figure(
+                    f"sync.full.p{q}",
+                    f'broker: latency p{q}, steady, journal_sync = "full"',
+                    "ms",
+                    f"sync.normal.p{q}",
+                )
+                for q in (50, 99)
+            ),
+            *(
+                Figure(f"sync.normal.p{q}", f'broker: latency p{q}, steady, "normal"', "ms")
+                for q in (50, 99)
+            ),
         ),
     ),
     Measurement(

@@ -12,11 +12,16 @@ Event signal's argument that carries it): ``{}`` when nothing ran, NULL until it
 
 The journal holds at most ``max_entries`` entries (``journal_max_events``; 0: no cap): the
 oldest published ones make room first; what still does not fit is the reader's to drop.
+
+A third cursor, ``synced``, says how far the journal is on disk (``journal_sync = "full"``):
+nothing past it is shown to clients (see :mod:`pnpbroker.journalfile`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -89,6 +94,11 @@ class Journal:
             self._scalar("SELECT MAX(seq) FROM events WHERE handler IS NOT NULL"),
         )
         self.published = self._cursor("published")
+        self._wal: int | None = None
+        if sync == "full":  # what a crashed run left in the page cache goes to disk first
+            self._wal = os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            os.fsync(self._wal)
+        self.synced = self.handled
         self._dirty = False
         self._tail: deque[Entry] = deque()
         if self.replaced is not None:  # the fresh journal begins by saying what happened
@@ -195,6 +205,14 @@ class Journal:
             if isinstance(cached, Record):
                 tail[index] = Record(sequence, cached.event, outcome)
 
+    async def sync(self) -> None:
+        """Put every commit so far on disk (an fsync of the WAL, in a thread: the loop goes
+        on), then move ``synced`` to what was handled before it began."""
+        through = self.handled
+        if self._wal is not None and through > self.synced:
+            await asyncio.to_thread(os.fsync, self._wal)
+        self.synced = max(self.synced, through)
+
     def skip_handling(self, through: int) -> None:
         """No program runs: everything up to ``through`` counts as handled (saved lazily)."""
         self.handled = max(self.handled, through)
@@ -258,6 +276,9 @@ class Journal:
             mark_closed(self._db)
         finally:
             self._db.close()
+            if self._wal is not None:
+                os.close(self._wal)
+                self._wal = None
 
 
 def _blob(item: Uevent | Lost) -> bytes:

@@ -12,12 +12,16 @@
   should be, a read-only or failing file system. :class:`JournalUnusable`: the broker says so in
   one line and exits 111 before anything runs (a fresh file could not be written there either).
 
-Durability (``journal_sync``): ``"full"`` (the default) makes every commit durable before the
-broker acts on it (the WAL is synced at each commit), so a sequence a client has seen survives
-a power loss. ``"normal"`` syncs only at checkpoints: a process crash loses nothing, a power loss
-or an OS crash may lose the last commits, whose sequences would then be given to other events.
-So under ``"normal"`` a journal left open by an earlier boot (the ``open_boot`` mark is the boot
-id of the run that has it open) gets a new ``journal_id``: clients are told instead of misled.
+Durability (``journal_sync``). SQLite commits in WAL mode with ``synchronous=NORMAL``: a
+process crash loses no commit, a power loss or an OS crash may lose the last ones. With
+``"full"`` (the default) nothing reaches a client before it is on disk: the journal's
+``synced`` cursor moves only after an fsync of the WAL (:meth:`pnpbroker.journal.Journal.sync`,
+one per window the publish queue sends, in a thread), and signals, ``GetEvents`` and
+``LastSequence`` stop at it; so a sequence a client has seen survives a power loss. With
+``"normal"`` the WAL is synced at checkpoints only, and what a client saw may vanish with the
+power, its sequence then given to another event. So under ``"normal"`` a journal left open by an
+earlier boot (the ``open_boot`` mark is the boot id of the run that has it open) gets a new
+``journal_id``: clients are told instead of misled.
 """
 
 from __future__ import annotations
@@ -167,7 +171,7 @@ def _mark_open(db: sqlite3.Connection, sync: str) -> None:
         if not journal_id:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_id', ?)", (str(uuid.uuid4()),))
         db.execute("INSERT OR REPLACE INTO meta VALUES ('open_boot', ?)", (now,))
-    db.execute(f"PRAGMA synchronous={sync.upper()}")
+    db.execute("PRAGMA synchronous=NORMAL")  # "full" syncs before showing: Journal.sync
 
 
 def mark_closed(db: sqlite3.Connection) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -210,10 +211,22 @@ def test_a_directory_in_its_place_is_unusable(tmp_path: Path) -> None:
         Journal(tmp_path / "j.sqlite")
 
 
-@pytest.mark.parametrize(("sync", "expected"), [("full", 2), ("normal", 1)])
-def test_journal_sync_sets_the_durability(tmp_path: Path, sync: str, expected: int) -> None:
+@pytest.mark.parametrize(("sync", "fsyncs"), [("full", 1), ("normal", 0)])
+async def test_nothing_is_shown_before_it_is_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync: str, fsyncs: int
+) -> None:
+    """``synced`` (what clients may see) moves only with a sync: an fsync of the WAL under
+    "full", none under "normal"."""
     journal = Journal(tmp_path / "j.sqlite", sync=sync)
-    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == expected
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    journal.append(_events(1, 3))
+    _handle_and_publish(journal)
+    assert (journal.handled, journal.synced) == (3, 0)
+    await journal.sync()
+    assert journal.synced == 3
+    await journal.sync()  # nothing new: no second fsync
+    assert len(synced) == fsyncs
     journal.close()
 
 

@@ -94,14 +94,15 @@ class Pipeline:
 
     # What the D-Bus object asks (pnpbroker.bus.service.Core).
     async def events_after(self, after: int, limit: int) -> list[Record]:
-        return await self.queries.events(after, self.journal.handled, limit)
+        return await self.queries.events(after, self.journal.synced, limit)
 
     async def page(self, after: int, limit: int, wanted: EventFilter) -> Page:
-        return await self.queries.page(after, self.journal.handled, limit, wanted)
+        return await self.queries.page(after, self.journal.synced, limit, wanted)
 
     @property
     def last_sequence(self) -> int:
-        return self.journal.handled
+        """The last entry handled and on disk: GetEvents returns up to it, signals stop at it."""
+        return self.journal.synced
 
     @property
     def oldest_sequence(self) -> int:

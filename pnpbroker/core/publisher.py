@@ -126,6 +126,8 @@ class Publisher:
         while link is self._link:
             records = await self._gather(sent)
             if records:
+                if records[-1].sequence > self.journal.synced:
+                    await self.journal.sync()  # nothing reaches a client before it is on disk
                 _send(link, records)
                 sent = records[-1].sequence
                 unacked += len(records)
