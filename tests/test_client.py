@@ -92,17 +92,20 @@ async def add_ifbs(netns: NetNS, prefix: str, count: int) -> set[str]:
     return set(links)
 
 
-def test_the_library_stands_alone() -> None:
-    """examples/pnpclient.py imports without the pnpbroker package and names the same contract."""
+def test_the_library_stands_alone(tmp_path: Path) -> None:
+    """A copy of examples/pnpclient (``cp -rL``) imports without the pnpbroker package, each of
+    its modules, and names the same contract."""
+    assert (EXAMPLES / "pnpclient").resolve() == REPO_ROOT / "pnpbroker" / "client"
+    subprocess.run(["cp", "-rL", str(EXAMPLES / "pnpclient"), str(tmp_path)], check=True)
     code = (
         "import sys; sys.modules['pnpbroker'] = None; sys.path.insert(0, sys.argv[1]);"
-        "import pnpclient as c; print(c.BUS_NAME, c.OBJECT_PATH, c.INTERFACE, c.ERROR_JOURNAL_GAP)"
+        "import pnpclient as c, pnpclient.threads, pnpclient.protocol;"
+        "print(c.BUS_NAME, c.OBJECT_PATH, c.INTERFACE, c.ERROR_JOURNAL_GAP)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(EXAMPLES)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, text=True
     ).stdout.split()
     assert out == [names.BUS_NAME, names.OBJECT_PATH, names.INTERFACE, names.ERROR_JOURNAL_GAP]
-    assert (EXAMPLES / "pnpclient.py").resolve() == (REPO_ROOT / "pnpbroker" / "client.py")
 
 
 @pytest.mark.root
