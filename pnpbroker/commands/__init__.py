@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from pnpbroker import __version__
-from pnpbroker.commands import install, monitor, run, trigger
+from pnpbroker.commands import control, info, install, monitor, run, settle, trigger
 from pnpbroker.contract import ExitCode, exit_codes_text
 
 #: Each subcommand's module: ``HELP``, ``add_arguments(parser)``, ``main(args) -> int``.
@@ -23,7 +23,10 @@ COMMANDS: dict[str, ModuleType] = {
     "run": run,
     "install": install,
     "trigger": trigger,
+    "settle": settle,
     "monitor": monitor,
+    "info": info,
+    "control": control,
 }
 
 
