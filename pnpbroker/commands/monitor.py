@@ -28,7 +28,6 @@ from pnpbroker.client import (
     Item,
     JournalGap,
     Outcome,
-    subscribe,
 )
 from pnpbroker.contract import STOP_SIGNALS, ExitCode
 
@@ -184,6 +183,8 @@ def _render(args: argparse.Namespace, item: Item, colour: bool) -> str:
 
 
 async def _print_events(args: argparse.Namespace, out: TextIO) -> None:
+    from pnpbroker.client import subscribe
+
     colour = _use_colour(out)
     subsystems, pairs = subsystem_matches(args.subsystem)
     events = subscribe(
