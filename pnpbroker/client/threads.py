@@ -40,14 +40,14 @@ class Observer(threading.Thread):
         self.on_error = on_error
         self.subscription: Subscription = subscribe(**options)
         self.error: ClientError | None = None
-        self._started = threading.Event()
+        self._subscribed = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start the thread; return once subscribed (or once it failed: see ``error``)."""
         super().start()
-        self._started.wait()
+        self._subscribed.wait()
 
     def run(self) -> None:
         asyncio.run(self._main())
@@ -57,7 +57,7 @@ class Observer(threading.Thread):
         self._task = asyncio.current_task()
         try:
             async with self.subscription as items:
-                self._started.set()
+                self._subscribed.set()
                 async for item in items:
                     self.callback(item)
         except ClientError as exc:
@@ -67,7 +67,7 @@ class Observer(threading.Thread):
         except asyncio.CancelledError:
             pass  # stop()
         finally:
-            self._started.set()
+            self._subscribed.set()
 
     def stop(self) -> None:
         """End the subscription; waits for the thread unless called from the callback."""
