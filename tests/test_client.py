@@ -323,7 +323,7 @@ def test_example_scripts_copied_out(system_bus: SystemBus, netns: NetNS, tmp_pat
     with BrokerProcess(system_bus, tmp_path / "state", netns=netns):
         netns.add_ifbs(["w0"])
         found = run(
-            str(copy / "wait_for_device.py"), "--since", "0", "--subsystem", "net",
+            str(copy / "wait_for_device.py"), "--subsystem", "net",
             "--property", "INTERFACE=w0", "--timeout", str(TIMEOUT),
         )  # fmt: skip
         assert (found.returncode, found.stdout.strip()) == (0, "/devices/virtual/net/w0")
@@ -332,7 +332,12 @@ def test_example_scripts_copied_out(system_bus: SystemBus, netns: NetNS, tmp_pat
             "--timeout", "0.5",
         )  # fmt: skip
         assert missing.returncode == 1
-        assert "nothing matched" in missing.stderr
+        assert "not within 0.5 s" in missing.stderr
+        gone = run(
+            str(copy / "wait_for_device.py"), "--devpath", "/devices/virtual/net/nothere",
+            "--removed", "--timeout", str(TIMEOUT),
+        )  # fmt: skip
+        assert (gone.returncode, gone.stdout.strip()) == (0, "/devices/virtual/net/nothere")
         state = tmp_path / "position"
         first = print_events_until(copy, state, env)
         netns.add_ifbs(["w1"])

@@ -30,6 +30,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # What the contract (dbus/org.pnp.Broker1.xml, docs/dbus.md) documents, as D-Bus signatures.
 METHODS = {
     "GetEvents": ("tu", "a(tsssa{ss}a{sv})"),
+    "GetDevices": ("a{sv}", "ta(ssa{ss})"),
     "Trigger": ("a{sv}", "su"),
     "Pause": ("", ""),
     "Resume": ("", ""),

@@ -101,9 +101,12 @@ class _Bus:
         return list(reply.body)
 
     async def wait(self, seconds: float | None) -> None:
+        """Until the connection's state changes, or ``seconds``. (Not ``wait_for``: on 3.11 it
+        can swallow a cancellation that comes as the event is set, and Ctrl-C would be lost.)"""
         self._changed.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
 
     def close(self) -> None:
         if self._watcher is not None:

@@ -209,7 +209,7 @@ def _through_broker(args: argparse.Namespace, devices: list[Device], uuid: str) 
 
 def _once(run: Callable[[Remote], Any], args: argparse.Namespace) -> Any:
     """One call over the bus: its result, or the exit code after the message."""
-    from pnpbroker.remote import Remote
+    from pnpbroker.remote import Remote, RemoteError
 
     async def call() -> Any:
         remote = await Remote.connect(args.bus_address)
