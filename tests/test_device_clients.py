@@ -13,6 +13,7 @@ import secrets
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -335,3 +336,54 @@ async def test_enumerate_then_subscribe_holds_under_a_burst(
     _, table = await devices(subsystem="net", address=system_bus.address)
     assert view == [d.devpath for d in table]
     assert sorted(view) == sorted(f"{NET}/{n}" for n in ("k0", "k1", "lo", last))
+
+
+@pytest.mark.usefixtures("broker")
+def test_the_glib_example_keeps_its_list_as_nobody(
+    system_bus: SystemBus, netns: NetNS, world_readable: Path
+) -> None:
+    """examples/device_list_glib.py copied out with pnpclient (``cp -rL``), Debian's python3
+    with python3-gi and no dbus-fast, labels from sysfs (read in the namespace's sysfs)."""
+    copy = world_readable / "examples"
+    subprocess.run(["cp", "-rL", str(REPO_ROOT / "examples"), str(copy)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(copy)], check=True)
+    script = [SYSTEM_PYTHON, str(copy / "device_list_glib.py"), "--subsystem", "net"]
+    client = subprocess.Popen(
+        [*netns.exec_prefix(), "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         *script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={"PATH": os.environ["PATH"], **system_bus.env()}, cwd="/",
+    )  # fmt: skip
+    try:
+        lines = read_lines(client, lambda got: len(got) == 3)
+        netns.add_ifbs(["k2"])
+        netns.del_ifbs(["k0"])
+        lines += read_lines(client, lambda got: len(got) == 2)
+    finally:
+        stop(client)
+    assert lines[2] == f"+ {NET}/lo lo 00:00:00:00:00:00"
+    assert lines[0].startswith(f"+ {NET}/k0 k0 ")
+    assert lines[3].startswith(f"+ {NET}/k2 k2 ")
+    assert len(lines[3].split()[3]) == len("00:00:00:00:00:00")  # the ifb's MAC, from sysfs
+    assert lines[4] == f"- {NET}/k0"
+
+
+def test_the_usb_example_names_devices_from_sysfs(tmp_path: Path) -> None:
+    """usb_notifier.py's names: sysfs attributes while the device is there, PRODUCT if not."""
+    sys.path.insert(0, str(REPO_ROOT / "examples"))
+    try:
+        import usb_notifier
+    finally:
+        sys.path.remove(str(REPO_ROOT / "examples"))
+    device = tmp_path / "devices/pci0000:00/0000:00:14.0/usb1/1-2"
+    device.mkdir(parents=True)
+    for name, value in [
+        ("idVendor", "046d"), ("idProduct", "c52b"),
+        ("manufacturer", "Logitech"), ("product", "USB Receiver"),
+    ]:  # fmt: skip
+        (device / name).write_text(f"{value}\n")
+    devpath = "/devices/pci0000:00/0000:00:14.0/usb1/1-2"
+    named = usb_notifier.name_of(devpath, {"PRODUCT": "46d/c52b/1203"}, tmp_path)
+    assert named == "Logitech USB Receiver (046d:c52b)"
+    gone = usb_notifier.name_of("/devices/gone", {"PRODUCT": "46d/c52b/1203"}, tmp_path)
+    assert gone == "USB device (46d/c52b/1203)"
