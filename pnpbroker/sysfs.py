@@ -26,7 +26,7 @@ def read_uevent(path: str) -> dict[str, str] | None:
             data = file.read()
     except OSError:
         return None  # removed while we walked (ENOENT, ENODEV): its remove event follows
-    text = data.decode("utf-8", "surrogateescape")
+    text = data.decode("utf-8", "replace")  # as D-Bus carries it (uevent.dbus_safe)
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 

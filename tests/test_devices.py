@@ -179,11 +179,21 @@ def test_bad_filters_are_value_errors(options: dict[str, Variant], message: str)
         device_filter(options)
 
 
-def test_rows_are_valid_utf8() -> None:
-    odd = entry(f"{NET}/x", "net", {"NAME": "caf\udce9"}, 0)
-    path, subsystem, props = device_row(odd)
-    assert (path, subsystem, props["NAME"]) == (f"{NET}/x", "net", "caf\ufffd")
-    assert Device.from_row(device_row(odd)).properties["NAME"] == "caf\ufffd"
+async def test_the_table_holds_valid_utf8_as_the_bus_carries_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    scans = Scans()
+    scans.release.set()
+    sink = DeviceSink(journal, scans)
+    sink.start()
+    await until(lambda: sink.current)
+    props = {**keys("add", f"{NET}/x", INTERFACE="x"), "NAME": "caf\udce9"}
+    journal.append([from_properties(props)])
+    journal.skip_handling(journal.last)
+    sink.advance(journal.handled)
+    [found] = list(sink.table)
+    assert found.properties["NAME"] == "caf\ufffd"
+    assert device_row(found) == (f"{NET}/x", "net", found.properties)
+    journal.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from dbus_fast import DBusError, Message, MessageType, Variant
@@ -38,7 +38,7 @@ EventRow = Annotated[
     DBusSignature("(tsssa{ss}a{sv})"),
 ]
 EventRows = Annotated[list[EventRow], DBusSignature("a(tsssa{ss}a{sv})")]
-DeviceRows = Annotated[list[tuple[str, str, dict[str, str]]], DBusSignature("a(ssa{ss})")]
+DeviceRows = Annotated[list[tuple[str, str, Mapping[str, str]]], DBusSignature("a(ssa{ss})")]
 #: A method that returns nothing (a bare ``None`` annotation confuses dbus-fast).
 Nothing = Annotated[None, DBusSignature("")]
 
@@ -196,7 +196,7 @@ class BrokerInterface(ServiceInterface):
     ) -> Annotated[list[Any], DBusSignature("ta(ssa{ss})")]:
         wanted = device_filter(filter)
         sequence, entries = await self.core.device_snapshot(wanted)
-        rows: DeviceRows = [tuple(device_row(entry)) for entry in entries]
+        rows: DeviceRows = [device_row(entry) for entry in entries]
         return [sequence, rows]
 
     @dbus_method()

@@ -20,7 +20,7 @@ from pnpbroker.client.model import Filter
 from pnpbroker.client.table import Device
 from pnpbroker.journal import Record
 from pnpbroker.outcome import Json, Outcome
-from pnpbroker.uevent import dbus_safe
+from pnpbroker.uevent import dbus_safe, valid_utf8
 
 #: The Event signal, and one row of GetEvents: sequence, action, subsystem, devpath,
 #: properties, handler (the outcome).
@@ -62,18 +62,10 @@ def _variant(signature: str, value: Any) -> Variant:
     return Variant(signature, value)
 
 
-def _safe_keys(properties: Mapping[str, str]) -> dict[str, str]:
-    """Keys and values as valid UTF-8 (most are ASCII: checked at once, copied as they are)."""
-    props = dict(properties)
-    if not ("".join(props.values()).isascii() and "".join(props).isascii()):
-        props = {dbus_safe(key): dbus_safe(value) for key, value in props.items()}
-    return props
-
-
 def event_body(record: Record) -> list[Any]:
     """The body of an Event signal, and one row of GetEvents."""
     event = record.event
-    props = _safe_keys(event.properties)
+    props = dict(valid_utf8(event.properties))
     return [
         record.sequence,
         dbus_safe(event.action),
@@ -157,10 +149,10 @@ def device_filter(options: Mapping[str, Variant]) -> Filter:
     )
 
 
-def device_row(entry: Device) -> list[Any]:
-    """One row of GetDevices: devpath, subsystem, properties."""
-    props = _safe_keys(entry.properties)
-    return [dbus_safe(entry.devpath), dbus_safe(entry.subsystem), props]
+def device_row(entry: Device) -> tuple[str, str, Mapping[str, str]]:
+    """One row of GetDevices: devpath, subsystem, properties (the table holds valid UTF-8
+    already: :func:`pnpbroker.uevent.valid_utf8` at the fold and the scan)."""
+    return entry.devpath, entry.subsystem, entry.properties
 
 
 def to_bus_daemon(member: str, signature: str = "", body: list[Any] | None = None) -> Message:

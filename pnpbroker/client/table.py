@@ -101,12 +101,15 @@ class DeviceTable:
     ) -> None:
         self.keep = keep
         self._entries = {d.devpath: d for d in devices if keep is None or keep(d)}
+        self._order: list[Device] | None = None
         self.sequence = sequence
         self.watchers: list[Watcher] = []
 
     def __iter__(self) -> Iterator[Device]:
-        """Every entry, in devpath order."""
-        return iter(sorted(self._entries.values(), key=lambda d: d.devpath))
+        """Every entry, in devpath order (kept until the next change)."""
+        if self._order is None:
+            self._order = sorted(self._entries.values(), key=lambda d: d.devpath)
+        return iter(self._order)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -120,6 +123,7 @@ class DeviceTable:
     def replace(self, other: DeviceTable) -> None:
         """Take ``other``'s entries and sequence; the watchers are told."""
         self._entries, self.sequence = other._entries, other.sequence
+        self._order = None
         for watcher in self.watchers:
             watcher.replaced(self.sequence)
 
@@ -147,6 +151,7 @@ class DeviceTable:
                 return False
         else:
             self._entries[devpath] = device
+        self._order = None
         for watcher in self.watchers:
             watcher.changed(sequence, devpath, device)
         return True

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pnpbroker.client.model import Filter
 from pnpbroker.client.table import Device, DeviceTable
 from pnpbroker.journal import Journal
+from pnpbroker.uevent import valid_utf8
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class DeviceSink:
                 self.lost(table.sequence, "")
                 return
             for record in records:
-                table.apply(record.sequence, record.event)
+                table.apply(record.sequence, valid_utf8(record.event.properties))
             left -= len(records)
         if table.sequence < self._through:
             self._folding = asyncio.get_running_loop().call_soon(self._fold)
