@@ -348,3 +348,22 @@ async def test_a_loss_rescans_and_get_devices_waits_for_it(tmp_path: Path) -> No
     assert [d.devpath.rsplit("/", 1)[1] for d in found] == ["a", "new"]
     assert scans.count == 2
     journal.close()
+
+
+def test_below_is_the_device_and_its_children_only() -> None:
+    names = ["/devices/a", "/devices/a-x", "/devices/a/b", "/devices/a/b/c", "/devices/a0", "/d"]
+    table = DeviceTable(entry(name, "s", {}, 0) for name in names)
+    assert [d.devpath for d in table.below("/devices/a")] == [
+        "/devices/a",
+        "/devices/a/b",
+        "/devices/a/b/c",
+    ]
+    assert [d.devpath for d in table.below("/devices/a/")] == [
+        d.devpath for d in table.below("/devices/a")
+    ]
+    assert table.below("/devices/nothing") == []
+    everything = [d.devpath for d in table]
+    for top in ["/devices/a", "/devices/a/b", "/devices", "/d"]:
+        assert [d.devpath for d in table.below(top)] == [
+            path for path in everything if path == top or path.startswith(top + "/")
+        ]

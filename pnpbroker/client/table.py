@@ -16,6 +16,7 @@ the broker's table. Pure, standard library only.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from sys import intern
@@ -113,6 +114,15 @@ class DeviceTable:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def below(self, top: str) -> list[Device]:
+        """The device at ``top`` and those below it, in devpath order (a bisection, not a
+        walk of the whole table)."""
+        order = list(self)  # sorted, cached
+        top = top.rstrip("/")
+        start = bisect.bisect_left(order, top, key=lambda d: d.devpath)
+        end = bisect.bisect_left(order, top + "0", key=lambda d: d.devpath)  # "0" follows "/"
+        return [d for d in order[start:end] if d.devpath == top or d.devpath[len(top)] == "/"]
 
     def __contains__(self, devpath: object) -> bool:
         return devpath in self._entries

@@ -74,7 +74,9 @@ class DeviceSink:
     async def snapshot(self, wanted: Filter) -> tuple[int, list[Device]]:
         """The table's sequence and its entries that match, once the table is current."""
         await self._current.wait()
-        return self.table.sequence, [entry for entry in self.table if wanted.device(entry)]
+        table = self.table
+        candidates = table.below(wanted.devpath) if wanted.devpath else table
+        return table.sequence, [entry for entry in candidates if wanted.device(entry)]
 
     def close(self) -> None:
         if self._scanning is not None:
