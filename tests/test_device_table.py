@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,8 @@ from support.bus import SystemBus
 from support.netns import NetNS, netns_uevent_socket
 from support.signals import Signals, net_event
 
-from pnpbroker.client import Device, devices
+from pnpbroker.client import Device, EventsLost, Item, devices
+from pnpbroker.client.threads import Observer
 
 pytestmark = pytest.mark.root
 TIMEOUT = 60.0
@@ -139,24 +140,43 @@ def test_lost_events_are_made_good_by_a_rescan(
     netns.add_ifbs([f"x{i}" for i in range(10)])
     sock = netns_uevent_socket(netns.name, rcvbuf=1)  # the kernel rounds up to its minimum
     broker = ActivatedBroker(system_bus, tmp_path / "state", fd=sock.fileno(), netns=netns)
+    seen: list[Item] = []
+    client = Observer(seen.append, subsystem="net", enumerate=True, address=system_bus.address)
     try:
         broker.start(pass_fds=(sock.fileno(),))
         _, before = table(system_bus.address)
         assert {f"x{i}" for i in range(10)} <= set(before)
+        client.start()  # a client of the library that holds the devices, across the loss
         broker.send_signal(signal.SIGSTOP)
         netns.del_ifbs([f"x{i}" for i in range(5)])
         netns.add_ifbs([f"y{i}" for i in range(30)])
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         broker.send_signal(signal.SIGCONT)
         signals.wait(lambda s: s[0] == "EventsLost", 1, TIMEOUT)
-        marker(netns, signals)
+        last = marker(netns, signals)
         _, after = table(system_bus.address)
         assert set(after) == net_names(netns)
         assert not {f"x{i}" for i in range(5)} & set(after)
         assert "device table: " in broker.log()
+        wait_for(lambda: (client.subscription.position or 0) >= last)
     finally:
+        client.stop()
         broker.close()
         sock.close()
+    lost = next(i for i, item in enumerate(seen) if isinstance(item, EventsLost))
+    again = [item.devpath for item in seen[lost + 1 :] if isinstance(item, Device)]
+    present = {f"x{i}" for i in range(5, 10)} | {f"y{i}" for i in range(30)} | {"lo"}
+    assert present <= {path.rsplit("/", 1)[1] for path in again}  # the list again, after it
+    view = client.subscription.devices
+    assert view is not None
+    assert {d.devpath.rsplit("/", 1)[1] for d in view} == set(after)
+
+
+def wait_for(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def gdbus(address: str, *args: str) -> subprocess.CompletedProcess[str]:

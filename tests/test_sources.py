@@ -206,5 +206,8 @@ def test_trigger_options() -> None:
     assert trigger_options(opts) == TriggerRequest((), "add", ("/devices/virtual/net/lo",), uuid)
     with pytest.raises(ValueError, match="unknown option"):
         trigger_options({"bogus": Variant("s", "")})
+    for bad in ("/sys/devices/x", "/devices/../../etc", "devices/x"):
+        with pytest.raises(ValueError, match="not a devpath"):
+            trigger_options({"devices": Variant("as", [bad])})
     with pytest.raises(ValueError, match="subsystems must be as"):
         trigger_options({"subsystems": Variant("s", "net")})

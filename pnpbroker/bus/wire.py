@@ -123,6 +123,9 @@ def trigger_options(options: Mapping[str, Variant]) -> TriggerRequest:
     """Trigger's ``a{sv}`` as a request; ValueError (InvalidArgs) when it is not one."""
     values = _checked(options, TRIGGER_OPTIONS)
     devices = values.get("devices")
+    for devpath in devices or ():
+        if not devpath.startswith("/devices/") or "/../" in f"{devpath}/":
+            raise ValueError(f"devices: not a devpath: {devpath!r}")
     return TriggerRequest(
         tuple(values.get("subsystems", ())),
         values.get("action", "add"),
