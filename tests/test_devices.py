@@ -367,3 +367,32 @@ def test_below_is_the_device_and_its_children_only() -> None:
         assert [d.devpath for d in table.below(top)] == [
             path for path in everything if path == top or path.startswith(top + "/")
         ]
+
+
+class Broken:
+    """A watcher with a bug."""
+
+    def changed(self, sequence: int, devpath: str, device: Device | None) -> None:
+        raise RuntimeError("a bug in a sink")
+
+    def replaced(self, sequence: int) -> None:
+        pass
+
+
+async def test_a_fault_in_the_table_is_logged_and_never_stops_the_caller(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    scans = Scans("a")
+    scans.release.set()
+    sink = DeviceSink(journal, scans)
+    sink.start()
+    await until(lambda: sink.current)
+    sink.table.watchers.append(Broken())
+    record(journal, "add", "b")
+    journal.skip_handling(journal.last)
+    sink.advance(journal.handled)  # the sequencer's call returns
+    assert "device table: folding failed" in caplog.text
+    sink.table.watchers.clear()
+    await until(lambda: sink.current and scans.count == 2)  # read again
+    journal.close()

@@ -58,7 +58,8 @@ class DeviceSink:
         self._rescan()
 
     def advance(self, through: int) -> None:
-        """Everything up to ``through`` is handled."""
+        """Everything up to ``through`` is handled. (The sequencer calls this: a fault in the
+        table is logged and made good by a rescan, it never stops the pipeline.)"""
         self._through = max(self._through, through)
         if self._built is not None:
             self._take_built()
@@ -119,8 +120,17 @@ class DeviceSink:
         self._current.set()
 
     def _fold(self) -> None:
-        """Fold handled events into the table, up to TURN now and the rest after a turn."""
+        """Fold handled events into the table, up to TURN now and the rest after a turn. (The
+        sequencer is the caller: a fault is logged and made good by a rescan, it never stops
+        the pipeline.)"""
         self._folding = None
+        try:
+            self._fold_turn()
+        except Exception:
+            log.exception("device table: folding failed at %d; rescanning", self.table.sequence)
+            self.lost(self.table.sequence, "")
+
+    def _fold_turn(self) -> None:
         table, left = self.table, TURN
         while table.sequence < self._through and left > 0:
             records = self.journal.between(table.sequence, self._through, min(PAGE, left))
