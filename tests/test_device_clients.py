@@ -121,16 +121,9 @@ def show(item=None):
         devices = sorted(d.devpath for d in sub.devices)
         print(json.dumps({"sequence": sub.position, "devices": devices}), flush=True)
 
-def started():
-    if sub.started and sub.devices is not None:
-        show()
-        return False
-    return True
-
-sub = GLibSubscription(show, on_error=lambda e: sys.exit(f"failed: {e}"), subsystem="net",
-                       enumerate=True)
+sub = GLibSubscription(show, on_error=lambda e: sys.exit(f"failed: {e}"), on_started=show,
+                       subsystem="net", enumerate=True)
 sub.start()
-GLib.timeout_add(10, started)
 GLib.MainLoop().run()
 """
 

@@ -46,14 +46,17 @@ def system_bus_address() -> str:
 
 class GLibSubscription:
     """``callback(item)`` for each item of the subscription, on the main context; keyword
-    arguments as :func:`~.aio.subscribe`'s. A failure (a :class:`~.model.ClientError`) ends it:
-    ``on_error(error)`` is called and ``error`` holds it."""
+    arguments as :func:`~.aio.subscribe`'s. ``on_started()`` once the starting point is fixed
+    (with ``enumerate``, ``devices`` holds the devices present then, none of them yet passed
+    to ``callback``). A failure (a :class:`~.model.ClientError`) ends it: ``on_error(error)``
+    is called and ``error`` holds it."""
 
     def __init__(
         self,
         callback: Callable[[Item], None],
         *,
         on_error: Callable[[ClientError], None] | None = None,
+        on_started: Callable[[], None] | None = None,
         address: str | None = None,
         after: int | None = None,
         enumerate: bool = False,
@@ -62,6 +65,7 @@ class GLibSubscription:
     ) -> None:
         self.callback = callback
         self.on_error = on_error
+        self.on_started = on_started
         self.address = address or system_bus_address()
         self.session = Session(make_filter(**filter_options), after, enumerate, reconnect)
         self.error: ClientError | None = None
@@ -123,6 +127,8 @@ class GLibSubscription:
             value, error = None, None
             if isinstance(step, Started):
                 self.started = True
+                if self.on_started is not None:
+                    self.on_started()
             elif isinstance(step, Connect | Call | Wait | Sleep):
                 self._do(step)
                 return

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
-from .table import Device, is_device
+from .table import Device
 
 BUS_NAME: Final = "org.pnp.Broker"
 OBJECT_PATH: Final = "/org/pnp/Broker"
@@ -252,12 +252,6 @@ class Filter:
         if self.properties:
             found["properties"] = Var("a{ss}", dict(self.properties))
         return found
-
-    def concerns(self, event: Event) -> bool:
-        """Whether an event can touch the devices this filter selects (``enumerate``)."""
-        return is_device(event.devpath, event.subsystem) and (
-            not self.subsystems or event.subsystem in self.subsystems
-        )
 
 
 def _path_keys(devpath: str) -> list[str]:
