@@ -60,13 +60,6 @@ def broker(system_bus: SystemBus, netns: NetNS, tmp_path: Path) -> Iterator[Brok
         yield running
 
 
-@pytest.fixture
-def signals(system_bus: SystemBus) -> Iterator[Signals]:
-    watcher = Signals(system_bus.address)
-    yield watcher
-    watcher.close()
-
-
 @pytest.mark.usefixtures("broker")
 async def test_nobody_triggers_through_the_broker_when_polkit_allows(
     system_bus: SystemBus, netns: NetNS, signals: Signals

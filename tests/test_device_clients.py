@@ -200,7 +200,7 @@ def _client_argv(kind: str) -> tuple[list[str], dict[str, str]]:
 @pytest.mark.usefixtures("broker")
 @pytest.mark.parametrize("kind", ["dbus-python", "asyncio", "thread", "glib"])
 def test_a_client_that_follows_the_recipe_holds_the_brokers_table(
-    kind: str, system_bus: SystemBus, netns: NetNS, signals_bus: Signals
+    kind: str, system_bus: SystemBus, netns: NetNS, signals: Signals
 ) -> None:
     argv, env = _client_argv(kind)
     client = as_nobody([*argv, system_bus.address], system_bus, env)
@@ -210,7 +210,7 @@ def test_a_client_that_follows_the_recipe_holds_the_brokers_table(
         netns.add_ifbs(["k2", "k3"])
         netns.ip("link", "set", "k1", "name", "j1")
         netns.del_ifbs(["k0"])
-        signals_bus.wait(net_event("remove", {"k0"}), 1, TIMEOUT)
+        signals.wait(net_event("remove", {"k0"}), 1, TIMEOUT)
         wanted = sorted(f"{NET}/{name}" for name in ("j1", "k2", "k3", "lo"))
         lines = read_lines(
             client, lambda got: bool(got) and json.loads(got[-1])["devices"] == wanted
@@ -227,13 +227,6 @@ def test_a_client_that_follows_the_recipe_holds_the_brokers_table(
 def showing(line: str) -> list[str]:
     shown: list[str] = json.loads(line)["devices"]
     return shown
-
-
-@pytest.fixture
-def signals_bus(system_bus: SystemBus) -> Iterator[Signals]:
-    watcher = Signals(system_bus.address)
-    yield watcher
-    watcher.close()
 
 
 @pytest.mark.usefixtures("broker")

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,13 +30,6 @@ pytestmark = pytest.mark.root
 TIMEOUT = 60.0
 NET = "/devices/virtual/net"
 SO_RCVBUFFORCE = 33
-
-
-@pytest.fixture
-def signals(system_bus: SystemBus) -> Iterator[Signals]:
-    watcher = Signals(system_bus.address)
-    yield watcher
-    watcher.close()
 
 
 def net_names(ns: NetNS) -> set[str]:

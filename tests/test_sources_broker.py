@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,6 @@ pytestmark = pytest.mark.root
 
 HELPER = str(Path(sys.executable).with_name("pnpbroker-helper"))
 SO_RCVBUFFORCE = 33
-
-
-@pytest.fixture
-def signals(system_bus: SystemBus) -> Iterator[Signals]:
-    watcher = Signals(system_bus.address)
-    yield watcher
-    watcher.close()
 
 
 def links(ns: NetNS, count: int) -> set[str]:
