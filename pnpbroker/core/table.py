@@ -41,6 +41,7 @@ class DeviceSink:
         self.table = DeviceTable()
         self.scans = 0
         self._current = asyncio.Event()
+        self._caught_up = asyncio.Event()
         self._through = journal.handled
         self._scanning: asyncio.Task[None] | None = None
         self._again = False
@@ -73,8 +74,14 @@ class DeviceSink:
         self._rescan()
 
     async def snapshot(self, wanted: Filter) -> tuple[int, list[Device]]:
-        """The table's sequence and its entries that match, once the table is current."""
-        await self._current.wait()
+        """The table's sequence and its entries that match, once the table is current and has
+        every handled event folded in: then no Event signal past that sequence has been sent
+        yet, so a client whose match rule was in place before it asked sees all of them."""
+        while not (self._current.is_set() and self.table.sequence >= self._through):
+            await self._current.wait()
+            self._caught_up.clear()
+            if self.table.sequence < self._through:
+                await self._caught_up.wait()
         table = self.table
         candidates = table.below(wanted.devpath) if wanted.devpath else table
         return table.sequence, [entry for entry in candidates if wanted.device(entry)]
@@ -144,3 +151,5 @@ class DeviceSink:
             left -= len(records)
         if table.sequence < self._through:
             self._folding = asyncio.get_running_loop().call_soon(self._fold)
+        else:
+            self._caught_up.set()
