@@ -24,14 +24,15 @@ class ExitCode(IntEnum):
 #: What each exit code means (``--help`` and the reference say this).
 MEANINGS: Final[dict[ExitCode, str]] = {
     ExitCode.OK: "clean stop (SIGTERM, SIGINT, or the end of a stream source)",
-    ExitCode.FAILED: "the command could not do its job: trigger --settle timed out, monitor "
-    "cannot deliver the events asked for",
+    ExitCode.FAILED: "the command could not do its job: trigger --settle or settle timed out, "
+    "the broker refused (polkit) or is not running, info found no such device, monitor cannot "
+    "deliver the events asked for",
     ExitCode.CONFIG: "bad configuration (the message names the key), or a handed-over fd that is "
     "not a uevent datagram socket",
     ExitCode.USAGE: "usage error",
-    ExitCode.SYSTEM: "a system call failed (socket, a journal it cannot use), another broker owns "
-    "org.pnp.Broker, or a background task stopped (the log says which); the service manager "
-    "restarts it",
+    ExitCode.SYSTEM: "a system call failed (socket, a journal it cannot use, bus unreachable), "
+    "another broker owns org.pnp.Broker, or a background task stopped (the log says which); the "
+    "service manager restarts the broker",
 }
 
 #: Signals that stop the broker (and ``monitor``): finish the running program, publish what is

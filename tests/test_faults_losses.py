@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.broker import ActivatedBroker
 from support.bus import SystemBus
 from support.netns import NetNS, netns_uevent_socket
 from support.signals import Signal, Signals, net_event
-from test_sources_broker import SO_RCVBUFFORCE, ActivatedBroker, links
+from test_sources_broker import SO_RCVBUFFORCE, links
 
 from pnpbroker.core.output import LOST_HEADER
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from dbus_fast import DBusError, Message, MessageType, Variant
@@ -25,8 +25,18 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from pnpbroker import __version__, names
-from pnpbroker.bus.wire import PAGE_SIGNATURE, event_body, event_filter, page_body, trigger_options
-from pnpbroker.core.queries import EventFilter, Page
+from pnpbroker.bus.wire import (
+    PAGE_SIGNATURE,
+    device_filter,
+    device_row,
+    event_body,
+    event_filter,
+    page_body,
+    trigger_options,
+)
+from pnpbroker.client.model import Filter
+from pnpbroker.client.table import Device
+from pnpbroker.core.queries import Page
 from pnpbroker.errors import NoLongerJournalled
 from pnpbroker.journal import Record
 
@@ -40,6 +50,7 @@ EventRow = Annotated[
     DBusSignature("(tsssa{ss}a{sv})"),
 ]
 EventRows = Annotated[list[EventRow], DBusSignature("a(tsssa{ss}a{sv})")]
+DeviceRows = Annotated[list[tuple[str, str, Mapping[str, str]]], DBusSignature("a(ssa{ss})")]
 #: A method that returns nothing (a bare ``None`` annotation confuses dbus-fast).
 Nothing = Annotated[None, DBusSignature("")]
 
@@ -49,6 +60,7 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "EventsLost": ("after_sequence", "resync_uuid"),
     "GetEvents": ("events",),
     "GetEvents2": ("events", "lost", "through"),
+    "GetDevices": ("sequence", "devices"),
     "Trigger": ("uuid", "count"),
 }
 EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
@@ -68,7 +80,7 @@ class Core(Protocol):
 
     async def events_after(self, after: int, limit: int) -> list[Record]: ...
 
-    async def page(self, after: int, limit: int, wanted: EventFilter) -> Page: ...
+    async def page(self, after: int, limit: int, wanted: Filter) -> Page: ...
 
     @property
     def last_sequence(self) -> int: ...
@@ -81,7 +93,15 @@ class Core(Protocol):
 
     def statistics(self) -> dict[str, int]: ...
 
-    async def trigger(self, subsystems: Sequence[str], action: str) -> tuple[str, int]: ...
+    async def device_snapshot(self, wanted: Filter) -> tuple[int, list[Device]]: ...
+
+    async def trigger(
+        self,
+        subsystems: Sequence[str],
+        action: str,
+        devices: Sequence[str] | None = None,
+        uuid: str | None = None,
+    ) -> tuple[str, int]: ...
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -94,12 +114,22 @@ Authorize = Callable[[str, str], Awaitable[None]]
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 
 
-def track_callers(bus: MessageBus) -> None:
-    """Make each method call's sender available to :func:`caller` (install once per bus)."""
+def track_callers(bus: MessageBus, interface: ServiceInterface) -> None:
+    """Make each method call's sender available to :func:`caller`, and answer a call of one of
+    ``interface``'s methods with other arguments than its own with InvalidArgs (dbus-fast would
+    say UnknownMethod). Install once per bus."""
+    signatures = {m.name: m.in_signature for m in interface.introspect().methods}
 
     def remember(msg: Message) -> None:
-        if msg.message_type is MessageType.METHOD_CALL and msg.path == names.OBJECT_PATH:
-            _caller.set(msg.sender or "")
+        if msg.message_type is not MessageType.METHOD_CALL or msg.path != names.OBJECT_PATH:
+            return
+        wanted = signatures.get(msg.member or "")
+        if msg.interface == names.INTERFACE and wanted is not None and msg.signature != wanted:
+            raise DBusError(
+                names.ERROR_INVALID_ARGS,
+                f"{msg.member} takes ({wanted}), not ({msg.signature})",
+            )
+        _caller.set(msg.sender or "")
 
     bus.add_message_handler(remember)
 
@@ -134,8 +164,9 @@ def named_errors(method: F) -> F:
 class BrokerInterface(ServiceInterface):
     """``org.pnp.Broker1``: the contract in dbus/org.pnp.Broker1.xml."""
 
-    #: Properties that send PropertiesChanged; the others say so with EmitsChangedSignal=false.
-    emitting_properties: frozenset[str] = frozenset()
+    #: Properties that send PropertiesChanged; the others say so with EmitsChangedSignal=false
+    #: (LastSequence would double the bus traffic: it changes with every event; see the XML).
+    emitting_properties: frozenset[str] = frozenset({"Paused"})
 
     def __init__(self, core: Core, authorize: Authorize) -> None:
         super().__init__(names.INTERFACE)
@@ -191,25 +222,47 @@ class BrokerInterface(ServiceInterface):
 
     @dbus_method()
     @named_errors
+    async def GetDevices(
+        self, filter: Annotated[dict[str, Variant], DBusSignature("a{sv}")]
+    ) -> Annotated[list[Any], DBusSignature("ta(ssa{ss})")]:
+        wanted = device_filter(filter)
+        sequence, entries = await self.core.device_snapshot(wanted)
+        rows: DeviceRows = [device_row(entry) for entry in entries]
+        return [sequence, rows]
+
+    @dbus_method()
+    @named_errors
     async def Trigger(
         self, options: Annotated[dict[str, Variant], DBusSignature("a{sv}")]
     ) -> Annotated[list[Any], DBusSignature("su")]:
+        request = trigger_options(options)
         await self.authorize(caller(), names.ACTION_TRIGGER)
-        subsystems, action = trigger_options(options)
-        uuid, count = await self.core.trigger(subsystems, action)
+        uuid, count = await self.core.trigger(
+            request.subsystems, request.action, request.devices, request.uuid
+        )
         return [uuid, count]
 
     @dbus_method()
     @named_errors
     async def Pause(self) -> Nothing:
         await self.authorize(caller(), names.ACTION_CONTROL)
-        self.core.pause()
+        self._set_paused(True)
 
     @dbus_method()
     @named_errors
     async def Resume(self) -> Nothing:
         await self.authorize(caller(), names.ACTION_CONTROL)
-        self.core.resume()
+        self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        """Pause or resume; PropertiesChanged when Paused changed."""
+        if paused == self.core.paused:
+            return
+        if paused:
+            self.core.pause()
+        else:
+            self.core.resume()
+        self.emit_properties_changed({"Paused": self.core.paused})
 
     @dbus_method()
     @named_errors

@@ -20,14 +20,17 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from pnpbroker.client.model import Filter
+from pnpbroker.client.table import Device
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
 from pnpbroker.core.losses import Losses
 from pnpbroker.core.publisher import Publisher
-from pnpbroker.core.queries import EventFilter, Page, Queries
+from pnpbroker.core.queries import Page, Queries
 from pnpbroker.core.reader import Reader
 from pnpbroker.core.sequencer import Sequencer
 from pnpbroker.core.supervisor import Supervisor
+from pnpbroker.core.table import DeviceSink
 from pnpbroker.errors import RebroadcastError
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import ProgramRunner, make_mode
@@ -35,6 +38,7 @@ from pnpbroker.notify import sd_notify
 from pnpbroker.rebroadcast import Rebroadcaster
 from pnpbroker.resync import trigger_in_thread
 from pnpbroker.sources import Source
+from pnpbroker.sysfs import scan
 from pnpbroker.trouble import Trouble
 
 log = logging.getLogger(__name__)
@@ -69,8 +73,9 @@ class Pipeline:
         self.runner = ProgramRunner(config.timeout, config.kill_grace)
         self.sequencer = Sequencer(journal, make_mode(config, self.runner), self._handled)
         self.publisher = Publisher(journal)
+        self.devices = DeviceSink(journal, scan)
         self.rebroadcaster = self._rebroadcaster(config)
-        self.sinks: list[Sink] = [self.publisher, *self._extra_sinks()]
+        self.sinks: list[Sink] = self._sinks()
         self.losses = Losses(journal, self.stats, config.receive_buffer)
         self.losses.paused = lambda: self.paused
         self.reader = Reader(
@@ -96,7 +101,7 @@ class Pipeline:
     async def events_after(self, after: int, limit: int) -> list[Record]:
         return await self.queries.events(after, self.journal.synced, limit)
 
-    async def page(self, after: int, limit: int, wanted: EventFilter) -> Page:
+    async def page(self, after: int, limit: int, wanted: Filter) -> Page:
         return await self.queries.page(after, self.journal.synced, limit, wanted)
 
     @property
@@ -112,9 +117,19 @@ class Pipeline:
     def journal_id(self) -> str:
         return self.journal.journal_id
 
-    async def trigger(self, subsystems: Sequence[str], action: str) -> tuple[str, int]:
+    async def device_snapshot(self, wanted: Filter) -> tuple[int, list[Device]]:
+        """GetDevices: the table's sequence and the devices that match (once it is current)."""
+        return await self.devices.snapshot(wanted)
+
+    async def trigger(
+        self,
+        subsystems: Sequence[str],
+        action: str,
+        devices: Sequence[str] | None = None,
+        uuid: str | None = None,
+    ) -> tuple[str, int]:
         """Coldplug (Trigger method): the SYNTH_UUID and how many events the kernel will send."""
-        result = await trigger_in_thread(subsystems, action)
+        result = await trigger_in_thread(subsystems, action, uuid, devices=devices)
         return result.uuid, result.written
 
     @property
@@ -145,8 +160,10 @@ class Pipeline:
             return None
         return Rebroadcaster(config.rebroadcast, self.journal, self.stats)
 
-    def _extra_sinks(self) -> list[Sink]:
-        return [self.rebroadcaster] if self.rebroadcaster is not None else []
+    def _sinks(self) -> list[Sink]:
+        """The publish queue first, then the device table, then the re-broadcast if any."""
+        extra = [self.rebroadcaster] if self.rebroadcaster is not None else []
+        return [self.publisher, self.devices, *extra]
 
     # What the stages hand up.
     def _handled(self) -> None:
@@ -189,7 +206,7 @@ class Pipeline:
             if self.rebroadcaster is not None:
                 self.rebroadcaster.close()
             self.rebroadcaster = rebroadcaster
-            self.sinks = [self.publisher, *self._extra_sinks()]
+            self.sinks = self._sinks()
         for key in ("state_dir", "receive_buffer", "bus_address", "journal_sync"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
@@ -255,6 +272,7 @@ class Pipeline:
         if backlog:
             log.info("resuming: %d journalled events not yet published", backlog)
         self.reader.start()
+        self.devices.start()
         start = self.supervisor.start
         stages = [
             start(self.sequencer.run(), "sequencer"),
@@ -286,6 +304,7 @@ class Pipeline:
 
     def close(self) -> None:
         self.queries.close()
+        self.devices.close()
         self.runner.close()
         if self.rebroadcaster is not None:
             self.rebroadcaster.close()

@@ -14,16 +14,15 @@ loop, most of the broker's time stays the pipeline's.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import TypeVar
 
+from pnpbroker.client.model import Filter
 from pnpbroker.errors import NoLongerJournalled
 from pnpbroker.journal import Entry, Lost, Record, entry
 from pnpbroker.uevent import Uevent
@@ -34,29 +33,6 @@ SCAN = 16384
 #: costs about 8 us here: this is about a quarter of a core), and the burst allowed.
 ROWS_PER_SECOND, ROWS_BURST = 32768.0, 8192.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class EventFilter:
-    """Which events a reader wants: actions and subsystems exactly, devices under ``devpath``,
-    properties by glob (all must match). Empty: every event."""
-
-    actions: tuple[str, ...] = ()
-    subsystems: tuple[str, ...] = ()
-    devpath: str = ""
-    properties: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-    def __call__(self, event: Uevent) -> bool:
-        if self.actions and event.action not in self.actions:
-            return False
-        if self.subsystems and event.subsystem not in self.subsystems:
-            return False
-        if self.devpath and not event.devpath.startswith(self.devpath.rstrip("/") + "/"):
-            return False
-        return all(
-            fnmatch.fnmatchcase(event.properties.get(key, ""), pattern)
-            for key, pattern in self.properties.items()
-        )
 
 
 @dataclass(frozen=True)
@@ -111,7 +87,7 @@ class Queries:
         self.budget.give_back(limit - len(entries))
         return [e for e in entries if isinstance(e, Record)]
 
-    async def page(self, after: int, through: int, limit: int, wanted: EventFilter) -> Page:
+    async def page(self, after: int, through: int, limit: int, wanted: Filter) -> Page:
         """Up to ``limit`` matching events after ``after``, looking at most ``SCAN`` entries."""
         await self.budget.take(SCAN)
         try:
@@ -139,7 +115,7 @@ class Queries:
         )
         return [entry(*row) for row in rows]
 
-    def _page(self, after: int, through: int, limit: int, wanted: EventFilter) -> Page:
+    def _page(self, after: int, through: int, limit: int, wanted: Filter) -> Page:
         events: list[Record] = []
         lost: list[Lost] = []
         seen = after
@@ -151,7 +127,7 @@ class Queries:
             for found in entries:
                 if isinstance(found, Lost):
                     lost.append(found)
-                elif wanted(found.event):
+                elif _matches(wanted, found.event):
                     events.append(found)
                 seen = found.sequence
                 if len(events) >= limit:
@@ -163,3 +139,7 @@ class Queries:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _matches(wanted: Filter, event: Uevent) -> bool:
+    return wanted.matches(event.action, event.subsystem, event.devpath, event.properties)

@@ -13,20 +13,19 @@ import signal
 import sys
 import time
 
-from pnpbroker import client
-from pnpbroker.client import EventsLost, subscribe
+from pnpbroker.client import EventsLost, protocol, subscribe
 
 peak = 0
-_on_message = client._Link._on_message
+_on_signal = protocol.Conn.on_signal
 
 
-def _counting(self: client._Link, msg: object) -> None:
+def _counting(self: protocol.Conn, message: protocol.Signal) -> None:
     global peak
-    _on_message(self, msg)  # type: ignore[arg-type]
+    _on_signal(self, message)
     peak = max(peak, len(self.inbox))
 
 
-client._Link._on_message = _counting  # type: ignore[method-assign]
+protocol.Conn.on_signal = _counting  # type: ignore[method-assign,assignment]
 
 
 def say(**fields: object) -> None:
