@@ -78,7 +78,7 @@ from pnpbroker.client import Event, subscribe
 
 def show(events):
     devices = sorted(d.devpath for d in events.devices)
-    print(json.dumps({"sequence": events.position, "devices": devices}), flush=True)
+    print(json.dumps({"sequence": events.position.sequence, "devices": devices}), flush=True)
 
 async def main():
     async with subscribe(subsystem="net", enumerate=True) as events:
@@ -100,7 +100,7 @@ def show(item=None):
     if item is None or isinstance(item, Event):
         sub = observer.subscription
         devices = sorted(d.devpath for d in sub.devices)
-        print(json.dumps({"sequence": sub.position, "devices": devices}), flush=True)
+        print(json.dumps({"sequence": sub.position.sequence, "devices": devices}), flush=True)
 
 observer = Observer(show, subsystem="net", enumerate=True)
 observer.start()
@@ -119,7 +119,7 @@ from pnpbroker.client.glib import GLibSubscription
 def show(item=None):
     if item is None or isinstance(item, Event):
         devices = sorted(d.devpath for d in sub.devices)
-        print(json.dumps({"sequence": sub.position, "devices": devices}), flush=True)
+        print(json.dumps({"sequence": sub.position.sequence, "devices": devices}), flush=True)
 
 sub = GLibSubscription(show, on_error=lambda e: sys.exit(f"failed: {e}"), on_started=show,
                        subsystem="net", enumerate=True)

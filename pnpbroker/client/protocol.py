@@ -264,13 +264,12 @@ class Session:
             generation = conn.generation
             try:
                 yield from self._catch_up(conn, generation)
+                yield from self._live(conn, generation)
             except CallFailed as exc:
                 if exc.name not in ABSENT:
                     raise ClientError(f"the broker refused: {exc}") from exc
                 if conn.generation == generation and not conn.closed:
                     yield Wait(POLL_MAX)
-                continue
-            yield from self._live(conn, generation)
 
     def _catch_up(self, conn: Conn, generation: int) -> Steps:
         """The devices (when asked for), then the journal up to where the broker is."""
@@ -310,20 +309,21 @@ class Session:
             return
         self._check_journal(journal_id, target, oldest)
         while self.position < target and conn.generation == generation and not conn.closed:
+            before = self.position
             try:
-                items, through = yield from self._get_page(self.position)
+                items, through = yield from self._get_page(before)
             except CallFailed as exc:
                 if exc.name == ERROR_JOURNAL_GAP:
-                    raise JournalGap(self.position + 1, oldest) from exc
+                    raise JournalGap(before + 1, oldest) from exc
                 raise
+            if through <= before:
+                raise JournalGap(before + 1, oldest)  # below LastSequence, yet not returned
             for item in items:
                 if item.sequence > self.position:
                     yield from self._deliver(item)
                     if self._resync:
                         return
-            if through <= self.position:
-                raise JournalGap(self.position + 1, oldest)  # below LastSequence, not returned
-            self.position = through
+            self.position = max(self.position, through)
 
     def _live(self, conn: Conn, generation: int) -> Steps:
         """Signals as they come; back to the journal (a return: ``_session`` replays) when some
