@@ -60,6 +60,8 @@ def describe(outcome: Outcome | None) -> str:
         return "skipped"
     if outcome.error:
         return f"error: {outcome.error}"
+    if outcome.abandoned_pid:
+        return f"timed out, unkillable: pid {outcome.abandoned_pid} abandoned"
     if outcome.timed_out:
         return f"timed out ({outcome.duration:.2f}s)"
     if outcome.signal:
