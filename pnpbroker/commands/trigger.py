@@ -94,14 +94,17 @@ def _settled(
     """Trigger and wait for the broker; the result, or what went wrong and the exit code."""
     import asyncio
 
+    from pnpbroker.client import ClientError, ConnectionLost
     from pnpbroker.settle import NotSettled, settle
 
     try:
         result, _ = asyncio.run(settle(run, uuid, args.bus_address, args.timeout))
     except NotSettled as exc:
         return str(exc), ExitCode.FAILED
-    except (OSError, EOFError) as exc:
+    except (ConnectionLost, OSError, EOFError) as exc:
         return f"cannot watch the broker on the bus: {exc}", ExitCode.SYSTEM
+    except ClientError as exc:  # the broker's journal does not go on from where we started
+        return f"cannot follow the broker: {exc}", ExitCode.FAILED
     return result
 
 
