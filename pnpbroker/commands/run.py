@@ -163,7 +163,7 @@ async def _start(cfg: config.Config, args: argparse.Namespace, keys: Mapping[str
     from pnpbroker.sources.choose import SourceOptions
 
     output = parse_fd(args.output) if args.output else None
-    source = open_source(cfg, SourceOptions(args.source, args.helper_socket))
+    source = open_source(cfg, SourceOptions(args.source, args.helper_socket, cfg.helper_window))
     if args.dry_run:
         return await dry_run(cfg, source)
     return await serve(cfg, source, open_journal(cfg), output, args.config, keys)

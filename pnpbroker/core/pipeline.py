@@ -190,7 +190,7 @@ class Pipeline:
                 self.rebroadcaster.close()
             self.rebroadcaster = rebroadcaster
             self.sinks = [self.publisher, *self._extra_sinks()]
-        for key in ("state_dir", "receive_buffer", "bus_address"):
+        for key in ("state_dir", "receive_buffer", "bus_address", "helper_window"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pnpbroker.errors import ForgedSender, MalformedUevent
-from pnpbroker.sources import Overflow, Source, check
+from pnpbroker.sources import Item, Overflow, Source, check
 from pnpbroker.uevent import Uevent
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,13 @@ class Reader:
         asyncio.get_running_loop().add_reader(self.source.fileno(), self._on_readable)
 
     def stop(self) -> None:
+        """Stop reading; what the source still holds back (:meth:`Source.flush`) is recorded."""
+        if self._stopped:
+            return
         self._stopped = True
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self.source.fileno())
+        self._take(self.source.flush())
 
     def _on_readable(self) -> None:
         try:
@@ -76,6 +80,12 @@ class Reader:
             self.stop()
             self.on_end(False)
             return
+        self._take(items)
+        if self.source.eof:
+            self.stop()
+            self.on_end(True)
+
+    def _take(self, items: list[Item]) -> None:
         accepted: list[Accepted] = []
         for item in items:
             if isinstance(item, Overflow):
@@ -90,9 +100,6 @@ class Reader:
             except MalformedUevent as exc:
                 self._reject("malformed", exc, item.where)
         self._record(accepted)
-        if self.source.eof:
-            self.stop()
-            self.on_end(True)
 
     def _record(self, accepted: list[Accepted]) -> None:
         """Journal a batch; if the journal cannot take it, stop reading until it can."""
