@@ -3,6 +3,10 @@
 A thin front end over :mod:`pnpbroker.client` (the same module as ``examples/pnpclient.py``):
 it only parses options and formats what the subscription yields. One line per event; with
 ``--property`` every key follows; ``--json`` prints one object per line for ``jq``.
+Device strings are the kernel's and anyone's who can name a device (a network interface name
+may hold an ESC), so control characters never reach the terminal: in text they are written as
+``\\xNN`` (``\\uNNNN`` beyond Latin-1: line separators, bidirectional overrides); in JSON as
+``\\uNNNN`` escapes (json escapes U+0000-U+001F itself, not DEL, C1 or those).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 from typing import Any, TextIO
 
@@ -31,6 +36,24 @@ from pnpbroker.contract import STOP_SIGNALS, ExitCode
 HELP = "print the broker's events (any user)"
 
 _COLOURS = {"add": "32", "remove": "31", "change": "33", "bind": "36", "unbind": "35"}
+#: C0, DEL, C1, the line and paragraph separators, and the bidirectional marks and overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters written out as escapes (``\\x1b``, ``\\u202e``)."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def json_line(item: Item) -> str:
+    """One JSON line; the characters JSON leaves raw (DEL, C1, ...) as ``\\uNNNN`` escapes."""
+    text = json.dumps(as_json(item), ensure_ascii=False)
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,14 +100,15 @@ def _paint(text: str, code: str | None, colour: bool) -> str:
 def format_text(item: Item, *, properties: bool, colour: bool) -> str:
     """The human form: ``SEQUENCE ACTION DEVPATH (SUBSYSTEM) OUTCOME`` (+ keys)."""
     if isinstance(item, EventsLost):
-        uuid = f", resync {item.resync_uuid}" if item.resync_uuid else ""
+        uuid = f", resync {printable(item.resync_uuid)}" if item.resync_uuid else ""
         return _paint(f"EVENTS LOST after sequence {item.after_sequence}{uuid}", "1;31", colour)
-    action = _paint(f"{item.action:<8}", _COLOURS.get(item.action), colour)
+    action = _paint(f"{printable(item.action):<8}", _COLOURS.get(item.action), colour)
     failed = item.handler is not None and not item.handler.ok
-    outcome = _paint(describe(item.handler), "31" if failed else None, colour)
-    line = f"{item.sequence:>8} {action} {item.devpath} ({item.subsystem}) {outcome}"
+    outcome = _paint(printable(describe(item.handler)), "31" if failed else None, colour)
+    where = f"{printable(item.devpath)} ({printable(item.subsystem)})"
+    line = f"{item.sequence:>8} {action} {where} {outcome}"
     if properties:
-        keys = "".join(f"{key}={value}\n" for key, value in item.properties.items())
+        keys = "".join(f"{printable(k)}={printable(v)}\n" for k, v in item.properties.items())
         line = f"{line}\n{keys}"
     return line
 
@@ -127,7 +151,7 @@ async def _print_events(args: argparse.Namespace, out: TextIO) -> None:
         _announce(events.position)
         async for item in events:
             if args.json:
-                text = json.dumps(as_json(item), ensure_ascii=False)
+                text = json_line(item)
             else:
                 text = format_text(item, properties=args.property, colour=colour)
             print(text, file=out, flush=True)
@@ -164,4 +188,13 @@ def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return ExitCode.OK
 
 
-__all__ = ["Event", "add_arguments", "as_json", "describe", "format_text", "main"]
+__all__ = [
+    "Event",
+    "add_arguments",
+    "as_json",
+    "describe",
+    "format_text",
+    "json_line",
+    "main",
+    "printable",
+]
