@@ -3,7 +3,8 @@
 It runs in the loop's ``add_reader`` callback, so a running legacy program never keeps it from
 draining the kernel socket. Each batch is admitted (:func:`pnpbroker.sources.check`) and
 recorded in one transaction before anything else happens to it. Rejected datagrams are counted
-and logged (the first few of each kind, then one in a thousand); an overflow is handed up after
+and logged (the first few of each kind, then one in a thousand), and so are events that give
+a key twice (taken, with the first value); an overflow is handed up after
 what was read before it is recorded; a journal that cannot take a batch pauses reading (the
 kernel keeps queueing) and is retried. ``run --dry-run`` uses this same reader with a store
 that prints instead of journalling.
@@ -94,11 +95,16 @@ class Reader:
                 self.on_overflow()
                 continue
             try:
-                accepted.append((check(item), item.data))
+                event = check(item)
             except ForgedSender as exc:
                 self._reject("forged", exc, item.where)
+                continue
             except MalformedUevent as exc:
                 self._reject("malformed", exc, item.where)
+                continue
+            if event.duplicates:
+                self._duplicates(event, item.where)
+            accepted.append((event, item.data))
         self._record(accepted)
 
     def _record(self, accepted: list[Accepted]) -> None:
@@ -130,6 +136,21 @@ class Reader:
         if not self._unrecorded:
             log.info("journal writable again; reading resumes")
             self.start()
+
+    def _duplicates(self, event: Uevent, where: str) -> None:
+        """A real event with a key given twice: taken (the first value kept), counted, logged."""
+        self.stats["duplicate_keys"] += 1
+        count = self.stats["duplicate_keys"]
+        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+            dropped = ", ".join(f"{key}={value!r}" for key, value in event.duplicates)
+            at = f" at {where}" if where else ""
+            log.warning(
+                "event SEQNUM %d%s gives a key twice (%d so far): kept the first value, not %s",
+                event.seqnum,
+                at,
+                count,
+                dropped,
+            )
 
     def _reject(self, kind: str, exc: Exception, where: str) -> None:
         key = f"rejected_{kind}"
