@@ -13,6 +13,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,47 @@ def test_a_broker_restart_mid_settle_counts_each_event_once(
     assert sorted(b[4]["INTERFACE"] for b in tagged) == ["lo", "lo", "r0", "r0", "r1", "r1"]
     assert code == 1, err
     assert f"the broker published 3 of {wanted} events with SYNTH_UUID={uuid}" in err
+
+
+def test_settle_is_not_caught_up_by_forged_signals(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path
+) -> None:
+    """``pnpbroker settle`` waits for the broker's LastSequence to reach what it journalled; the
+    broker is paused with events journalled, and nobody sends Event signals with sequences
+    past them straight to the settle: it must still run out of time, saying it is paused."""
+    broker = BrokerProcess(system_bus, tmp_path / "state", netns=netns)
+    try:
+        broker.start()
+        asyncio.run(_pause(system_bus.address))
+        netns.add_ifbs(["p0", "p1", "p2"])
+        argv = [sys.executable, "-m", "pnpbroker", "settle", "--timeout", "15"]
+        settle = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        target = _wait_for_connection(system_bus.address, settle)
+        python, env = python_argv_for_nobody()
+        forged = subprocess.run(
+            [*python, "-c", FORGER, target, "none", "200"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            **subprocess_kwargs(system_bus.address, env),
+        )
+        assert forged.stdout.startswith("forged :"), forged.stderr
+        code, err = _finish(settle)
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+    assert code == 1, err
+    assert "(it is paused)" in err
+
+
+def _wait_for_connection(address: str, process: subprocess.Popen[str]) -> str:
+    """The unique name of ``process``'s bus connection, once it has one."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return asyncio.run(_connection_of(address, process.pid))
+        except AssertionError:
+            assert time.monotonic() < deadline, "the settle never connected"
+            assert process.poll() is None, "the settle ended before it connected"
+            time.sleep(0.05)
