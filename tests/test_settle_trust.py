@@ -32,8 +32,8 @@ from pnpbroker.bus.wire import to_bus_daemon
 pytestmark = pytest.mark.root
 
 #: Sent as nobody: a NameOwnerChanged claiming org.pnp.Broker, then Event signals carrying the
-#: settle's SYNTH_UUID, all unicast to the settle's connection; then a round trip to the bus
-#: daemon, so that they were all routed before this prints "forged".
+#: settle's SYNTH_UUID (sequences 1, 2, ...), all unicast to the settle's connection; then a
+#: round trip to the bus daemon, so that they were all routed before this prints "forged".
 FORGER = """
 import asyncio, sys
 from dbus_fast import BusType, Message, MessageType
@@ -46,13 +46,17 @@ async def main(target, uuid, count):
                          interface=interface, member=member, signature=signature, body=body))
     signal("/org/freedesktop/DBus", "org.freedesktop.DBus", "NameOwnerChanged", "sss",
            ["org.pnp.Broker", "", bus.unique_name])
+    async def barrier():  # a round trip: dbus-fast's writer must never meet a full socket
+        await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                               interface="org.freedesktop.DBus", member="GetId"))
     for n in range(1, count + 1):
         props = {"ACTION": "add", "DEVPATH": f"/devices/virtual/net/f{n}", "SUBSYSTEM": "net",
                  "SEQNUM": str(n), "SYNTH_UUID": uuid}
         signal("/org/pnp/Broker", "org.pnp.Broker1", "Event", "tsssa{ss}a{sv}",
                [n, "add", "net", props["DEVPATH"], props, {}])
-    await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                           interface="org.freedesktop.DBus", member="GetId"))
+        if n % 16 == 0:
+            await barrier()
+    await barrier()
     print("forged", bus.unique_name, flush=True)
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
@@ -72,9 +76,16 @@ def _trigger(netns: NetNS, uuid: str, timeout: float) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
 
 
-def _finish(trigger: subprocess.Popen[str]) -> tuple[int, str]:
-    _, err = trigger.communicate(timeout=180)
-    return trigger.returncode, err
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = process.communicate(timeout=180)
+    return process.returncode, err
+
+
+def _end(process: subprocess.Popen[str] | None) -> None:
+    """After a failure: the command must not outlive the test."""
+    if process is not None and process.returncode is None:
+        process.kill()
+        process.communicate(timeout=60)
 
 
 def _devices(netns: NetNS) -> int:
@@ -126,6 +137,7 @@ def test_forged_unicast_signals_from_another_user_are_not_counted(
     wanted = _devices(netns)
     kernel = netns_uevent_socket(netns.name)
     broker = BrokerProcess(system_bus, tmp_path / "state", netns=netns)
+    trigger = None
     try:
         broker.start()
         asyncio.run(_pause(system_bus.address))
@@ -146,6 +158,7 @@ def test_forged_unicast_signals_from_another_user_are_not_counted(
         code, err = _finish(trigger)
         assert broker.stop() == 0
     finally:
+        _end(trigger)
         broker.close()
         kernel.close()
     assert code == 1, err
@@ -184,6 +197,7 @@ def test_a_broker_restart_mid_settle_counts_each_event_once(
 
     first = BrokerProcess(system_bus, state, args, netns=netns)
     second = BrokerProcess(system_bus, state, args, netns=netns)
+    trigger = None
     try:
         first.start()
         trigger = _trigger(netns, uuid, timeout=30)
@@ -198,6 +212,7 @@ def test_a_broker_restart_mid_settle_counts_each_event_once(
         block.unlink()
         assert second.stop() == 0
     finally:
+        _end(trigger)
         block.unlink(missing_ok=True)
         first.close()
         second.close()
@@ -213,6 +228,7 @@ def test_settle_is_not_caught_up_by_forged_signals(
     broker is paused with events journalled, and nobody sends Event signals with sequences
     past them straight to the settle: it must still run out of time, saying it is paused."""
     broker = BrokerProcess(system_bus, tmp_path / "state", netns=netns)
+    settle = None
     try:
         broker.start()
         asyncio.run(_pause(system_bus.address))
@@ -233,6 +249,7 @@ def test_settle_is_not_caught_up_by_forged_signals(
         code, err = _finish(settle)
         assert broker.stop() == 0
     finally:
+        _end(settle)
         broker.close()
     assert code == 1, err
     assert "(it is paused)" in err
