@@ -48,7 +48,14 @@ HOUSEKEEPING_SECONDS = 5.0
 STATUS_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
-COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows", "dropped")
+COUNTERS = (
+    "received",
+    "rejected_forged",
+    "rejected_malformed",
+    "duplicate_keys",
+    "overflows",
+    "dropped",
+)
 #: Present once re-broadcast is on: datagrams sent, and refused by the kernel.
 REBROADCAST_COUNTERS = ("rebroadcast", "rebroadcast_failed")
 
@@ -207,7 +214,7 @@ class Pipeline:
                 self.rebroadcaster.close()
             self.rebroadcaster = rebroadcaster
             self.sinks = self._sinks()
-        for key in ("state_dir", "receive_buffer", "bus_address", "journal_sync"):
+        for key in ("state_dir", "receive_buffer", "bus_address", "helper_window", "journal_sync"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
