@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import broker, coldplug, devices, faults, measures, storm
+from bench import broker, bus, coldplug, devices, faults, measures, storm
 from bench.measures import Config, Values
 
 
@@ -72,6 +72,9 @@ BROKER_THROUGHPUT = (
     Figure("broker.live", "broker -> D-Bus client: events/s, live burst", "ev/s", "broker.kernel"),
     Figure(
         "broker.drain", "broker -> D-Bus client: events/s, queued burst", "ev/s", "ceiling.rate"
+    ),
+    Figure(
+        "broker.drain", "broker -> D-Bus client: events/s, queued burst", "ev/s", "ceiling.sdbus"
     ),
     Figure(
         "broker.drain", "broker -> D-Bus client: events/s, queued burst", "ev/s", "netlink.drain"
@@ -139,12 +142,22 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     _reader("pyudev", "pyudev kernel monitor"),
     Measurement(
         "ceiling",
-        measures.dbus_ceiling,
-        (Figure("ceiling.rate", "D-Bus ceiling: bare dbus-fast emitter -> client", "ev/s"),),
+        bus.dbus_ceiling,
+        (
+            Figure(
+                "ceiling.rate", "D-Bus ceiling: bare dbus-fast emitter, unpaced -> client", "ev/s"
+            ),
+            Figure(
+                "ceiling.sdbus",
+                "D-Bus: C sd-bus emitter -> same client (context)",
+                "ev/s",
+                "ceiling.rate",
+            ),
+        ),
     ),
     Measurement(
         "ceiling10",
-        measures.dbus_ceiling_ten,
+        bus.dbus_ceiling_ten,
         (Figure("ceiling10.rate", "D-Bus ceiling, 10-key properties", "ev/s", "ceiling.rate"),),
     ),
     Measurement("broker throughput", broker.broker_throughput, BROKER_THROUGHPUT),
