@@ -31,11 +31,14 @@ class BrokerPending(Exception):
 
 
 @contextlib.contextmanager
-def running_broker(ns: NetNS, bus: SystemBus, extra: list[str]) -> Iterator[BrokerProcess]:
+def running_broker(
+    ns: NetNS, bus: SystemBus, extra: list[str], state: Path | None = None
+) -> Iterator[BrokerProcess]:
     """The broker inside ``ns`` on ``bus``, after READY=1 (the test kit's BrokerProcess, in its
-    own process group so that it can be paused); stopped on the way out."""
+    own process group so that it can be paused), with a fresh state directory unless one is
+    given; stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="pnp-bench-broker-") as tmp:
-        broker = BrokerProcess(bus, Path(tmp) / "state", extra, netns=ns)
+        broker = BrokerProcess(bus, state or Path(tmp) / "state", extra, netns=ns)
         try:
             broker.start(60.0, start_new_session=True, cwd=harness.REPO)
             yield broker

@@ -9,32 +9,9 @@ own CPU time and memory, are measured while the storm runs instead of taking min
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from bench import broker, bus, coldplug, devices, faults, measures, storm
+from bench import broker, bus, coldplug, curves, devices, faults, measures, storm
 from bench.measures import Config, Values
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One row: a value named ``key``, set against the figure ``versus`` (a peer or a limit)."""
-
-    key: str
-    label: str
-    unit: str
-    versus: str | None = None
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One thing to run per repetition, and the figures it yields."""
-
-    name: str
-    run: Callable[[Config], Values]
-    figures: tuple[Figure, ...]
-    once: bool = False
-    alongside: str | None = None
+from bench.registry import Figure, Measurement
 
 
 def _reader(kind: str, label: str) -> Measurement:
@@ -313,4 +290,5 @@ MEASUREMENTS: tuple[Measurement, ...] = (
             ),
         ),
     ),
+    *curves.MEASUREMENTS,
 )
