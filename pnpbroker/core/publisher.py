@@ -123,7 +123,14 @@ class Publisher:
 
     def advance(self, through: int) -> None:
         """Events up to ``through`` are handled (the pipeline's sink interface). While the
-        queue is caught up and nothing is queued behind these, they are sent here and now."""
+        queue is caught up and nothing is queued behind these, they are sent here and now
+        (with ``journal_sync = "full"``, once a sync covers them: it starts here)."""
+        self._start_sync()
+        self._send_parked()
+        self._wake.set()
+
+    def _send_parked(self) -> None:
+        """While the queue waits with everything sent, send what may be shown, at once."""
         flight, journal = self._parked, self.journal
         if flight is not None and flight.link is self._link and journal.handled == journal.last:
             records = journal.between(flight.sent, journal.synced, CHUNK)
@@ -134,7 +141,6 @@ class Publisher:
                     flight.failed = exc
                 else:
                     flight.sent_now(records, asyncio.get_running_loop().time())
-        self._wake.set()
 
     def stop(self) -> None:
         """Publish what is handled, then return from :meth:`run`."""
@@ -224,14 +230,19 @@ class Publisher:
     def _visible(self, sent: int, limit: int) -> list[Entry]:
         """The next entries that may be shown (handled and synced); starts a sync of what is
         handled and not synced yet (it wakes the queue when done)."""
-        journal, syncing = self.journal, self._sync
+        syncing = self._sync
         if syncing is not None and syncing.done():
             self._sync = None
             syncing.result()  # an fsync that failed stops the queue (and the broker: exit 111)
-        if journal.handled > journal.synced and self._sync is None:
-            self._sync = asyncio.ensure_future(journal.sync())
+        self._start_sync()
+        return self.journal.between(sent, self.journal.synced, limit)
+
+    def _start_sync(self) -> None:
+        """Start a sync of what is handled and not synced yet, unless one runs (or ended and
+        the queue has not looked at it yet); it wakes the queue when done."""
+        if self.journal.handled > self.journal.synced and self._sync is None:
+            self._sync = asyncio.ensure_future(self.journal.sync())
             self._sync.add_done_callback(lambda _: self._wake.set())
-        return journal.between(sent, journal.synced, limit)
 
     async def _gather(self, sent: int) -> list[Entry]:
         """The next records to send; while more events are queued right behind them (a
