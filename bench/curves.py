@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import tempfile
@@ -80,6 +81,7 @@ def _drain(cfg: Config, subscribers: int, journalled: int, tmp: Path) -> tuple[f
     config.write_text(ROOMY)
     if journalled:
         prefill(state, journalled)
+        os.sync()  # on disk, as a long run's journal is: its writeback must not slow the run
     with (
         events.netns() as ns,
         SystemBus() as bus,
