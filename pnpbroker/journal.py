@@ -4,7 +4,9 @@ SQLite in WAL mode with ``synchronous=NORMAL``: a committed transaction survives
 broker. The journal assigns the public ``sequence`` (1, 2, 3, ...; AUTOINCREMENT keeps it from
 being reused even after retention deleted every row). Two cursors say how far the serial stages
 got: ``handled`` (the legacy program finished, its outcome stored) and ``published`` (the bus
-daemon acknowledged the signal). After a crash, what lies past a cursor is done again.
+daemon acknowledged the signal); a third, ``forwarded``, is the fleet forwarder's (its MQTT
+broker acknowledged the message: docs/fleet.md). After a crash, what lies past a cursor is done
+again.
 An event's outcome is stored as JSON in the ``handler`` column (the name of the Event signal's
 argument that carries it): ``{}`` when nothing ran, NULL until the event is handled.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +39,11 @@ CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     seq  INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO cursors VALUES ('handled', 0), ('published', 0);
+INSERT OR IGNORE INTO cursors VALUES ('handled', 0), ('published', 0), ('forwarded', 0);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 #: Unpublished records kept in memory so the stages do not read back what was just written
@@ -52,6 +59,7 @@ class Record:
     sequence: int
     event: Uevent
     outcome: Outcome | None
+    received: float = 0.0  # when the broker read it (seconds since the epoch)
 
 
 class Journal:
@@ -73,6 +81,11 @@ class Journal:
             self._scalar("SELECT MAX(seq) FROM events WHERE handler IS NOT NULL"),
         )
         self.published = self._cursor("published")
+        self.forwarded = self._cursor("forwarded")
+        #: Whether a fleet forwarder is configured: then age alone does not prune what it has not
+        #: taken (the count limit still does: a forwarder far behind gets a reported loss).
+        self.holds_for_forwarder = False
+        self.id = self._journal_id()
         self._dirty = False
         self._tail: deque[Record] = deque()
 
@@ -82,6 +95,16 @@ class Journal:
 
     def _cursor(self, name: str) -> int:
         return self._scalar("SELECT seq FROM cursors WHERE name=?", name)
+
+    def _journal_id(self) -> str:
+        """This journal's UUID, made when the journal is created (the same for its life)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('journal_id', ?)", (str(uuid.uuid4()),)
+            )
+        row = self._db.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
+        return str(row[0])
 
     @property
     def oldest(self) -> int:
@@ -105,7 +128,7 @@ class Journal:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, NULL)", rows)
         tail = self._tail
-        tail.extend(Record(first + i, e, None) for i, e in enumerate(events))
+        tail.extend(Record(first + i, e, None, now) for i, e in enumerate(events))
         while len(tail) > TAIL_SIZE:
             tail.popleft()
         self.last += len(rows)
@@ -124,8 +147,8 @@ class Journal:
 
     def _records(self, sql: str, *args: object) -> list[Record]:
         return [
-            Record(seq, parse(raw), _outcome(stored))
-            for seq, raw, stored in self._db.execute(sql, args)
+            Record(seq, parse(raw), _outcome(stored), received)
+            for seq, raw, stored, received in self._db.execute(sql, args)
         ]
 
     def unhandled(self, limit: int) -> list[Record]:
@@ -134,7 +157,7 @@ class Journal:
         if cached is not None:
             return cached
         return self._records(
-            "SELECT seq, uevent, NULL FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, uevent, NULL, received FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
             self.handled,
             limit,
         )
@@ -148,7 +171,8 @@ class Journal:
         self._dirty = True
         tail = self._tail
         if tail and 0 <= (index := sequence - tail[0].sequence) < len(tail):
-            tail[index] = Record(sequence, tail[index].event, outcome)
+            old = tail[index]
+            tail[index] = Record(sequence, old.event, outcome, old.received)
 
     def skip_handling(self, through: int) -> None:
         """No program runs: everything up to ``through`` counts as handled (saved lazily)."""
@@ -166,7 +190,7 @@ class Journal:
         if cached is not None:
             return cached
         return self._records(
-            "SELECT seq, uevent, handler FROM events WHERE seq > ? AND seq <= ? "
+            "SELECT seq, uevent, handler, received FROM events WHERE seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ?",
             after,
             through,
@@ -178,9 +202,25 @@ class Journal:
         if through > self.published:
             self.published = through
             self._dirty = True
-        tail = self._tail
-        while tail and tail[0].sequence <= through:
+        self._trim_tail()
+
+    def mark_forwarded(self, through: int) -> None:
+        """The fleet forwarder's MQTT broker acknowledged everything up to ``through`` (saved by
+        :meth:`flush`)."""
+        if through > self.forwarded:
+            self.forwarded = through
+            self._dirty = True
+        self._trim_tail()
+
+    def _trim_tail(self) -> None:
+        """Drop from memory what every stage is done with."""
+        done, tail = min(self.published, self._forwarder_needs()), self._tail
+        while tail and tail[0].sequence <= done:
             tail.popleft()
+
+    def _forwarder_needs(self) -> int:
+        """The last sequence the forwarder no longer needs (everything, without one)."""
+        return self.forwarded if self.holds_for_forwarder else self.last
 
     def flush(self) -> None:
         """Save the lazily kept cursors; losing them only means doing a little work again."""
@@ -190,19 +230,27 @@ class Journal:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "UPDATE cursors SET seq=? WHERE name=?",
-                [(self.handled, "handled"), (self.published, "published")],
+                [
+                    (self.handled, "handled"),
+                    (self.published, "published"),
+                    (self.forwarded, "forwarded"),
+                ],
             )
         self._dirty = False
 
     def prune(self) -> int:
-        """Apply retention to published events only; return how many rows went."""
+        """Apply retention to published events only; return how many rows went.
+
+        ``max_age`` spares what the forwarder has not taken; ``max_events`` does not (a forwarder
+        far behind then finds its next events gone, and reports the loss)."""
         keep_from = self.published - self.max_events
+        aged_through = min(self.published, self._forwarder_needs())
         cutoff = time.time() - self.max_age
         with self._db:
             self._db.execute("BEGIN")
             cur = self._db.execute(
-                "DELETE FROM events WHERE seq <= ? AND (seq <= ? OR received < ?)",
-                (self.published, keep_from, cutoff),
+                "DELETE FROM events WHERE seq <= ? AND (seq <= ? OR (seq <= ? AND received < ?))",
+                (self.published, keep_from, aged_through, cutoff),
             )
         return cur.rowcount
 

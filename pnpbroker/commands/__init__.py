@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from pnpbroker import __version__
-from pnpbroker.commands import install, monitor, run, trigger
+from pnpbroker.commands import fleet_monitor, forward, install, monitor, run, trigger
 from pnpbroker.contract import ExitCode, exit_codes_text
 
 #: Each subcommand's module: ``HELP``, ``add_arguments(parser)``, ``main(args) -> int``.
@@ -24,6 +24,8 @@ COMMANDS: dict[str, ModuleType] = {
     "install": install,
     "trigger": trigger,
     "monitor": monitor,
+    "forward": forward,
+    "fleet-monitor": fleet_monitor,
 }
 
 

@@ -14,10 +14,12 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
+from pnpbroker.core.feed import Feed
 from pnpbroker.core.publisher import Publisher
 from pnpbroker.core.reader import Reader
 from pnpbroker.core.sequencer import Sequencer
@@ -39,6 +41,8 @@ SHUTDOWN_PUBLISH_SECONDS = 10.0
 COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
 #: Present once re-broadcast is on: datagrams sent, and refused by the kernel.
 REBROADCAST_COUNTERS = ("rebroadcast", "rebroadcast_failed")
+#: Keys a reload cannot change.
+RESTART_KEYS = ("state_dir", "receive_buffer", "bus_address", "forward_socket", "forward_group")
 
 
 class Sink(Protocol):
@@ -64,6 +68,11 @@ class Pipeline:
         self.sequencer = Sequencer(journal, make_mode(config, self.runner), self._handled)
         self.publisher = Publisher(journal)
         self.rebroadcaster = self._rebroadcaster(config)
+        self.feed = (
+            Feed(Path(config.forward_socket), config.forward_group, journal)
+            if (config.forward_socket)
+            else None
+        )
         self.sinks: list[Sink] = [self.publisher, *self._extra_sinks()]
         self.resync = Resync()
         self.reader = Reader(
@@ -124,7 +133,8 @@ class Pipeline:
         return Rebroadcaster(config.rebroadcast, self.journal, self.stats)
 
     def _extra_sinks(self) -> list[Sink]:
-        return [self.rebroadcaster] if self.rebroadcaster is not None else []
+        sinks: list[Sink | None] = [self.rebroadcaster, self.feed]
+        return [sink for sink in sinks if sink is not None]
 
     # What the stages hand up.
     def _handled(self) -> None:
@@ -190,7 +200,7 @@ class Pipeline:
                 self.rebroadcaster.close()
             self.rebroadcaster = rebroadcaster
             self.sinks = [self.publisher, *self._extra_sinks()]
-        for key in ("state_dir", "receive_buffer", "bus_address"):
+        for key in RESTART_KEYS:
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
@@ -243,6 +253,8 @@ class Pipeline:
         Call :meth:`close` afterwards (after whatever serves the journal has stopped).
         """
         loop = asyncio.get_running_loop()
+        if self.feed is not None:
+            await self.feed.start()
         backlog = self.journal.last - self.journal.published
         if backlog:
             log.info("resuming: %d journalled events not yet published", backlog)
@@ -280,5 +292,7 @@ class Pipeline:
         self.runner.close()
         if self.rebroadcaster is not None:
             self.rebroadcaster.close()
+        if self.feed is not None:
+            self.feed.close()
         self.journal.close()
         self.source.close()

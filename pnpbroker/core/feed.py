@@ -1,0 +1,136 @@
+"""The fleet feed: a sink that serves handled events, from the ``forwarded`` cursor, to one
+``pnpbroker forward`` on a local socket (docs/fleet.md).
+
+The broker only reads and writes a unix socket here: no network, no TLS, no MQTT. At most
+``WINDOW`` events are written and not yet acknowledged, so a stalled forwarder (or its stalled
+MQTT broker) costs a bounded buffer and nothing else: the journal keeps the rest, the cursor
+stays where the MQTT broker's last acknowledgement put it. Writes never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import stat
+from pathlib import Path
+
+from pnpbroker.errors import ConfigError
+from pnpbroker.fleet import frames
+from pnpbroker.journal import Journal
+
+log = logging.getLogger(__name__)
+
+#: Events written to the forwarder and not yet acknowledged, at most.
+WINDOW = 1024
+PAGE = 256
+#: An ack line is short; anything longer is not the forwarder.
+MAX_LINE = 64
+
+
+class Feed:
+    """Sink of the pipeline: listens on ``path``; one forwarder at a time."""
+
+    def __init__(self, path: Path, group: str, journal: Journal) -> None:
+        self.path = path
+        self.gid = _group_id(group) if group else -1
+        self.journal = journal
+        journal.holds_for_forwarder = True
+        self.through = journal.handled
+        self.sent = journal.forwarded
+        self._server: asyncio.base_events.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._again: asyncio.Handle | None = None
+
+    async def start(self) -> None:
+        """Bind the socket (a stale one from a crash is replaced), mode 0600, or 0660 with the
+        group."""
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(self.path.lstat().st_mode):
+                self.path.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, self.path, limit=MAX_LINE)
+        finally:
+            os.umask(old)
+        if self.gid >= 0:
+            os.chown(self.path, -1, self.gid)
+            self.path.chmod(0o660)
+        log.info("fleet feed on %s, from sequence %d", self.path, self.journal.forwarded + 1)
+
+    # The Sink protocol.
+    def advance(self, through: int) -> None:
+        self.through = max(self.through, through)
+        if self._again is None:
+            self._send_some()
+
+    def lost(self, after: int, resync_uuid: str) -> None:
+        """An overflow is not a journal row (yet): the resync's events follow as any others."""
+
+    # The forwarder's connection.
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            log.error("fleet feed: a second forwarder connected; refusing it")
+            writer.close()
+            return
+        self._writer, self.sent = writer, self.journal.forwarded
+        log.info("fleet forwarder connected; sending from sequence %d", self.sent + 1)
+        writer.write(frames.hello(self.journal.id))
+        self._send_some()
+        try:
+            while line := await reader.readline():
+                self._acked(frames.read_ack(line))
+        except (ValueError, ConnectionError) as exc:  # FrameError, an overlong line, a reset
+            log.error("fleet feed: dropping the forwarder: %s", exc)
+        finally:
+            self._writer = None
+            writer.close()
+            log.info("fleet forwarder gone; forwarded through %d", self.journal.forwarded)
+
+    def _acked(self, sequence: int) -> None:
+        if not self.journal.forwarded <= sequence <= self.sent:
+            raise frames.FrameError(f"ack {sequence} outside {self.journal.forwarded}..{self.sent}")
+        self.journal.mark_forwarded(sequence)
+        if self._again is None:
+            self._send_some()
+
+    def _send_some(self) -> None:
+        """Write what the window allows, a page at a time; the rest after the loop had a turn."""
+        self._again = None
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        room = WINDOW - (self.sent - self.journal.forwarded)
+        if room <= 0 or self.sent >= self.through:
+            return
+        records = self.journal.between(self.sent, self.through, min(PAGE, room))
+        first = records[0].sequence if records else self.through + 1
+        if first > self.sent + 1:  # retention took them before the forwarder did
+            writer.write(frames.lost(self.sent + 1, first - 1))
+            self.sent = first - 1
+        journal_id = self.journal.id
+        writer.write(b"".join(frames.event(record, journal_id) for record in records))
+        if records:
+            self.sent = records[-1].sequence
+        if self.sent < self.through:
+            self._again = asyncio.get_running_loop().call_soon(self._send_some)
+
+    def close(self) -> None:
+        if self._again is not None:
+            self._again.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def _group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError("forward_group", f"no such group: {name!r}") from None

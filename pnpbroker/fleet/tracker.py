@@ -1,0 +1,66 @@
+"""The fleet consumer's check: each host's sequence, for gaps and repeats; pure.
+
+Messages come as (host, journal id, first, last, lost). A host's sequence must go on from where
+it stopped, one by one. What arrives again is a repeat (a resend across a crash or a cut
+connection: harmless, and dropped); what skips ahead is a gap (events that never arrived); a
+loss the host reported itself (``events/lost``) moves the sequence on and is reported as such.
+A new journal id starts the host's sequence afresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """``kind``: ``gap`` (first..last never arrived), ``repeat`` (arrived again), ``lost`` (the
+    host says first..last were never forwarded), ``journal`` (a new journal: first is 0)."""
+
+    kind: str
+    host: str
+    journal_id: str
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        what = {
+            "gap": "GAP: never arrived",
+            "repeat": "REPEAT: arrived again",
+            "lost": "LOST: reported lost by the host",
+            "journal": "NEW JOURNAL: sequences start again",
+        }[self.kind]
+        span = f" {self.first}..{self.last}" if self.kind != "journal" else ""
+        return f"{self.host}: {what}{span} (journal {self.journal_id})"
+
+
+@dataclass
+class _Host:
+    journal_id: str
+    last: int  # the last sequence taken
+
+
+class Tracker:
+    """Per host: the last sequence taken; :meth:`take` says whether a message is new."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, _Host] = {}
+
+    def take(
+        self, host: str, journal_id: str, first: int, last: int, lost: bool = False
+    ) -> tuple[bool, list[Report]]:
+        """(new, reports): ``new`` is False for a repeat, which the caller should drop."""
+        reports: list[Report] = []
+        state = self.hosts.get(host)
+        if state is None or state.journal_id != journal_id:
+            if state is not None:
+                reports.append(Report("journal", host, journal_id, 0, 0))
+            state = self.hosts[host] = _Host(journal_id, first - 1)
+        if last <= state.last:
+            return False, [*reports, Report("repeat", host, journal_id, first, last)]
+        if first > state.last + 1:
+            reports.append(Report("gap", host, journal_id, state.last + 1, first - 1))
+        if lost:
+            reports.append(Report("lost", host, journal_id, first, last))
+        state.last = last
+        return True, reports
