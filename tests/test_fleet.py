@@ -10,7 +10,11 @@ that each host's sequence arrives whole and in order, and that the test's links 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +23,7 @@ import pytest
 from support.broker import BrokerProcess
 from support.bus import SystemBus
 from support.fleet import FleetMonitorProcess, Line, sequences, write_toml
-from support.mosquitto import Mosquitto
+from support.mosquitto import CertificateAuthority, Mosquitto, TlsFiles
 from support.netns import NetNS
 
 pytestmark = pytest.mark.root
@@ -63,16 +67,43 @@ class Fleet:
         return sqlite3.connect(self.tmp / "state" / "journal.sqlite")
 
 
-@pytest.fixture
-def fleet(system_bus: SystemBus, netns: NetNS, tmp_path: Path) -> Iterator[Fleet]:
-    feed = tmp_path / "feed.sock"
-    conf = write_toml(tmp_path / "broker.toml", {"forward_socket": str(feed)})
+@contextlib.contextmanager
+def running_fleet(bus: SystemBus, netns: NetNS, tmp: Path, mosquitto: Mosquitto) -> Iterator[Fleet]:
+    feed = tmp / "feed.sock"
+    conf = write_toml(tmp / "broker.toml", {"forward_socket": str(feed)})
     args = ["--no-program", "-c", str(conf)]
     with (
-        Mosquitto(tmp_path / "mosquitto", netns=netns) as mqtt,
-        BrokerProcess(system_bus, tmp_path / "state", args, netns=netns) as broker,
+        mosquitto as mqtt,
+        BrokerProcess(bus, tmp / "state", args, netns=netns) as broker,
     ):
-        yield Fleet(tmp_path, netns, broker, mqtt, feed)
+        yield Fleet(tmp, netns, broker, mqtt, feed)
+
+
+@pytest.fixture
+def fleet(system_bus: SystemBus, netns: NetNS, tmp_path: Path) -> Iterator[Fleet]:
+    with running_fleet(
+        system_bus, netns, tmp_path, Mosquitto(tmp_path / "mosquitto", netns=netns)
+    ) as running:
+        yield running
+
+
+def wait_log(process: BrokerProcess, text: str, timeout: float = 60.0) -> None:
+    """Until ``text`` is in the process's log (or it exited)."""
+    deadline = time.monotonic() + timeout
+    while text not in process.log():
+        if time.monotonic() > deadline or (process.proc and process.proc.poll() is not None):
+            raise AssertionError(f"no {text!r} in the log:\n{process.log()}")
+        time.sleep(0.1)
+
+
+def journalled(fleet: Fleet) -> int:
+    with contextlib.closing(fleet.journal()) as db:
+        return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+def cursor(fleet: Fleet, name: str = "forwarded") -> int:
+    with contextlib.closing(fleet.journal()) as db:
+        return int(db.execute("SELECT seq FROM cursors WHERE name=?", (name,)).fetchone()[0])
 
 
 def links_seen(names: list[str], action: str = "add") -> Callable[[list[Line]], bool]:
@@ -111,9 +142,7 @@ def test_every_event_forwarded_in_order(fleet: Fleet) -> None:
         "outcome", "time",
     }  # fmt: skip
     fleet.broker.stop()
-    with fleet.journal() as db:
-        (forwarded,) = db.execute("SELECT seq FROM cursors WHERE name='forwarded'").fetchone()
-    assert forwarded >= seqs[-1], forwarder.log() + fleet.broker.log()
+    assert cursor(fleet) >= seqs[-1], forwarder.log() + fleet.broker.log()
 
 
 def test_mosquitto_stopped_mid_burst(fleet: Fleet) -> None:
@@ -124,3 +153,139 @@ def test_mosquitto_stopped_mid_burst(fleet: Fleet) -> None:
         fleet.mqtt.start()
         monitor.wait_for(links_seen(names))
         assert_whole(monitor)
+
+
+@pytest.fixture
+def far_netns() -> Iterator[NetNS]:
+    """Where mosquitto runs for the cut: another namespace, behind a veth pair."""
+    with NetNS(tag="mqtt") as ns:
+        yield ns
+
+
+def test_network_cut_and_restored(
+    system_bus: SystemBus, netns: NetNS, far_netns: NetNS, tmp_path: Path
+) -> None:
+    here, there = "10.251.0.1", "10.251.0.2"
+    netns.ip(
+        "link", "add", "pnpv0", "type", "veth", "peer", "name", "pnpv1", "netns", far_netns.name
+    )
+    netns.ip("addr", "add", f"{here}/24", "dev", "pnpv0")
+    far_netns.ip("addr", "add", f"{there}/24", "dev", "pnpv1")
+    netns.ip("link", "set", "pnpv0", "up")
+    far_netns.ip("link", "set", "pnpv1", "up")
+    mqtt = Mosquitto(tmp_path / "mosquitto", address=there, netns=far_netns)
+    with (
+        running_fleet(system_bus, netns, tmp_path, mqtt) as fleet,
+        fleet.monitor() as monitor,
+        fleet.forwarder() as forwarder,
+    ):
+        names = fleet.netns.burst(1000, prefix="fc")
+        monitor.wait_for(lambda events: len(events) >= 100)
+        netns.ip("link", "set", "pnpv0", "down")
+        wait_log(forwarder, "connection to mqtt://10.251.0.2:1883 lost")
+        later = fleet.netns.burst(200, prefix="fd")  # journalled while the network is away
+        netns.ip("link", "set", "pnpv0", "up")
+        monitor.wait_for(links_seen(names + later))
+        assert_whole(monitor)
+
+
+def test_wrong_password_is_a_clear_error_and_journalling_goes_on(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path
+) -> None:
+    mqtt = Mosquitto(tmp_path / "mosquitto", netns=netns, passwords={HOST: "right"})
+    secrets = tmp_path / "secrets.toml"
+    write_toml(secrets, {"username": HOST, "password": "wrong"}).chmod(0o600)
+    with (
+        running_fleet(system_bus, netns, tmp_path, mqtt) as fleet,
+        fleet.forwarder(secrets=str(secrets)) as forwarder,
+    ):
+        # mosquitto answers a wrong password with 0x87 (not authorized), not 0x86
+        wait_log(forwarder, "refused us (client id 'pnpt-host-a'): Not authorized; check the")
+        fleet.netns.burst(50, prefix="fp")
+        fleet.broker.stop()
+        assert journalled(fleet) >= 150  # 50 links, each with its two queues
+        assert cursor(fleet) == 0
+        assert forwarder.proc is not None
+        assert forwarder.proc.poll() is None  # still trying
+
+
+def test_secrets_others_can_read_are_refused(tmp_path: Path) -> None:
+    secrets = write_toml(tmp_path / "secrets.toml", {"username": "u", "password": "p"})
+    secrets.chmod(0o644)
+    conf = write_toml(tmp_path / "forward.toml", {"broker": "127.0.0.1", "secrets": str(secrets)})
+    result = subprocess.run(
+        [sys.executable, "-m", "pnpbroker", "forward", "-c", str(conf)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"is mode 0644: others could read the password; chmod 600 {secrets}" in result.stderr
+
+
+#: The ACL docs/fleet.md documents: each host writes only below its own name.
+ACL = """\
+# The fleet's monitors read every host's events and status.
+user pnpt-fleet
+topic read pnpbroker/#
+
+# Each host writes only its own topics; %u is its user name, here its certificate's CN.
+pattern write pnpbroker/%u/#
+"""
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path / "pki")
+
+
+def tls_fleet(
+    bus: SystemBus, netns: NetNS, tmp: Path, pki: CertificateAuthority
+) -> contextlib.AbstractContextManager[Fleet]:
+    server = pki.issue("mqtt-server", ips=("127.0.0.1",))
+    mqtt = Mosquitto(tmp / "mosquitto", port=8883, netns=netns, tls=server, acl=ACL)
+    return running_fleet(bus, netns, tmp, mqtt)
+
+
+def tls_settings(files: TlsFiles) -> dict[str, object]:
+    return {"ca": str(files.ca), "cert": str(files.cert), "key": str(files.key)}
+
+
+def test_acl_one_host_cannot_publish_as_another(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path, pki: CertificateAuthority
+) -> None:
+    host_a = tls_settings(pki.issue(HOST, client=True))
+    with (
+        tls_fleet(system_bus, netns, tmp_path, pki) as fleet,
+        fleet.monitor(**tls_settings(pki.issue("pnpt-fleet", client=True))) as monitor,
+    ):
+        with fleet.forwarder(**host_a) as forwarder:
+            names = fleet.netns.burst(20, prefix="fl")
+            monitor.wait_for(links_seen(names))
+            assert forwarder.stop() == 0
+        assert_whole(monitor)
+        with fleet.forwarder(**host_a, host="pnpt-host-b") as impostor:
+            fleet.netns.burst(20, prefix="fi")
+            assert impostor.wait() == 2
+            fleet.broker.stop()
+        assert "the MQTT broker refused event" in impostor.log()
+        assert "Not authorized" in impostor.log()
+        assert {e["host"] for e in monitor.events} == {HOST}
+        assert cursor(fleet) == sequences(monitor.events, HOST)[-1]
+
+
+def test_bad_certificates_are_clear_errors_and_journalling_goes_on(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path, pki: CertificateAuthority
+) -> None:
+    rogue = CertificateAuthority(tmp_path / "rogue", name="pnpt-rogue-ca")
+    trusts_rogue = {**tls_settings(pki.issue(HOST, client=True)), "ca": str(rogue.cert)}
+    signed_by_rogue = {**tls_settings(rogue.issue(HOST, client=True)), "ca": str(pki.cert)}
+    with tls_fleet(system_bus, netns, tmp_path, pki) as fleet:
+        with fleet.forwarder(**trusts_rogue) as forwarder:
+            wait_log(
+                forwarder, "TLS: the certificate of mqtts://127.0.0.1:8883: self-signed certificate"
+            )
+        with fleet.forwarder(**signed_by_rogue) as forwarder:
+            wait_log(forwarder, "did it refuse our certificate?")
+            fleet.netns.burst(50, prefix="fb")
+            fleet.broker.stop()
+        assert journalled(fleet) >= 150
+        assert cursor(fleet) == 0

@@ -84,7 +84,8 @@ class Forwarder:
     async def _drain(self) -> None:
         """Wait a little for the PUBACKs of what is in flight, so the cursor follows."""
         for _ in range(int(STOP_SECONDS * 10)):
-            if not self.pending or not self.mqtt.client.is_connected():
+            refused = self.exit_code == ExitCode.CONFIG
+            if refused or not self.pending or not self.mqtt.client.is_connected():
                 break
             await asyncio.sleep(0.1)
         self._write_ack()

@@ -67,6 +67,7 @@ class Session:
         self._connack: asyncio.Future[ReasonCode] | None = None
         self._lost = asyncio.Event()
         self._closing = False
+        self._up = False  # accepted by the server, and not lost since
         self._misc: asyncio.Task[None] | None = None
         self._wire()
 
@@ -124,14 +125,16 @@ class Session:
             maximum = getattr(props, "ReceiveMaximum", None) or self.cfg.window
             self.window = min(self.cfg.window, maximum)
             self.connected.set()
+            self._up = True
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(reason)
         if not reason.is_failure:
             self.on_connected(bool(flags.session_present))
 
     def _on_disconnect(self, c: Any, u: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        if not self._closing and self.connected.is_set():
+        if not self._closing and self._up:
             log.warning("MQTT connection to %s lost: %s", self.where, reason)
+        self._up = False
         self.connected.clear()
         self._lost.set()
 
@@ -211,8 +214,10 @@ class Session:
             log.error("%s closed the connection before accepting it%s", self.where, hint)
             return False
         if reason.is_failure:
-            who = self.cfg.mqtt_client_id
-            log.error("%s refused us (client id %r): %s", self.where, who, reason)
+            who, hint = self.cfg.mqtt_client_id, ""
+            if reason.value in (0x86, 0x87):  # bad user name or password; not authorized
+                hint = "; check the username and password (secrets) or the client certificate"
+            log.error("%s refused us (client id %r): %s%s", self.where, who, reason, hint)
             return False
         log.info("connected to %s as %r", self.where, self.cfg.mqtt_client_id)
         return True
@@ -274,6 +279,7 @@ def _client(cfg: FleetConfig, will: tuple[str, bytes] | None) -> paho.Client:
         client.tls_set_context(context)
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
+    client.enable_logger(logging.getLogger("pnpbroker.fleet.paho"))  # its debug lines with -v
     client.max_queued_messages_set(0)  # unbounded in paho: callers bound what they publish
     client.max_inflight_messages_set(0)
     return client

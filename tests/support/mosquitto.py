@@ -64,8 +64,10 @@ class Mosquitto:
             "log_type notice",
             "log_type information",
             "connection_messages true",
-            # Queue everything for an absent persistent session (the default keeps 1000).
-            "max_queued_messages 0",
+            # Queue what an absent persistent session misses (the default keeps 1000). Not 0
+            # (no limit): with 0, mosquitto 2.0.11 drops a client whose QoS 1 PUBLISH the ACL
+            # denies instead of answering PUBACK 0x87.
+            "max_queued_messages 1000000",
         ]
         if tls is not None:
             lines += [
