@@ -87,10 +87,10 @@ def fleet(system_bus: SystemBus, netns: NetNS, tmp_path: Path) -> Iterator[Fleet
         yield running
 
 
-def wait_log(process: BrokerProcess, text: str, timeout: float = 60.0) -> None:
-    """Until ``text`` is in the process's log (or it exited)."""
+def wait_log(process: BrokerProcess, text: str, timeout: float = 60.0, count: int = 1) -> None:
+    """Until ``text`` is in the process's log ``count`` times (or it exited)."""
     deadline = time.monotonic() + timeout
-    while text not in process.log():
+    while process.log().count(text) < count:
         if time.monotonic() > deadline or (process.proc and process.proc.poll() is not None):
             raise AssertionError(f"no {text!r} in the log:\n{process.log()}")
         time.sleep(0.1)
@@ -153,6 +153,19 @@ def test_mosquitto_stopped_mid_burst(fleet: Fleet) -> None:
         fleet.mqtt.start()
         monitor.wait_for(links_seen(names))
         assert_whole(monitor)
+
+
+def test_broker_killed_mid_burst_the_forwarder_sends_nothing_twice(fleet: Fleet) -> None:
+    with fleet.monitor() as monitor, fleet.forwarder() as forwarder:
+        names = fleet.netns.burst(1000, prefix="fk")
+        monitor.wait_for(lambda events: len(events) >= 100)
+        fleet.broker.kill()  # its forwarded cursor is saved lazily: it will send some again
+        fleet.broker.start()
+        later = fleet.netns.burst(100, prefix="fl")
+        monitor.wait_for(links_seen(names + later))
+        assert_whole(monitor)
+        assert not monitor.reports, monitor.reports  # the forwarder skipped what paho had
+        wait_log(forwarder, "broker feed connected", count=2)
 
 
 @pytest.fixture
