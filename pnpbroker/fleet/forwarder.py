@@ -32,6 +32,7 @@ FEED_RETRY_SECONDS = 2.0
 STOP_SECONDS = 5.0
 #: Room kept in the MQTT broker's receive window for the status message.
 RESERVED = 1
+READ_SIZE = 1 << 16
 
 
 @dataclass(eq=False)
@@ -124,11 +125,13 @@ class Forwarder:
             self.journal_id, self.submitted, self.acked = journal_id, 0, 0
         self.seen = self.written = 0
         log.info("broker feed connected (journal %s)", journal_id)
-        while True:
-            await self.mqtt.wait_room(reserve=RESERVED)
-            if not (line := await reader.readline()):
-                break
-            self._take(frames.read(line, self.cfg.host, journal_id))
+        rest = b""
+        while chunk := await reader.read(READ_SIZE):
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                if not self.mqtt.has_room(RESERVED):
+                    await self.mqtt.wait_room(RESERVED)
+                self._take(frames.read(line, self.cfg.host, journal_id))
 
     def _take(self, message: frames.Message) -> None:
         self.seen = message.last

@@ -173,9 +173,13 @@ class Session:
     def in_flight(self) -> int:
         return len(self._tokens)
 
+    def has_room(self, reserve: int = 0) -> bool:
+        """Connected, with fewer than ``window - reserve`` messages in flight."""
+        return self.connected.is_set() and self.in_flight < max(1, self.window - reserve)
+
     async def wait_room(self, reserve: int = 0) -> None:
-        """Until connected with fewer than ``window - reserve`` messages in flight."""
-        while not self.connected.is_set() or self.in_flight >= max(1, self.window - reserve):
+        """Until :meth:`has_room`."""
+        while not self.has_room(reserve):
             if not self.connected.is_set():
                 await self.connected.wait()
                 continue
