@@ -176,7 +176,7 @@ def subscribe(links: int, sizes: Path, timeout: float) -> None:
         if devpath == events.PROBE_DEVPATH and not ready:
             ready = True
             print("READY", flush=True)
-        if devpath in expected and devpath not in seen:
+        if devpath in expected and devpath not in seen and data.get("action") == "add":
             seen.add(devpath)
             records.append((int(data["sequence"]), data["action"], devpath, now))
             payload_bytes += len(msg.payload)

@@ -63,17 +63,15 @@ def test_tracker_reports_gaps_repeats_losses_and_new_journals() -> None:
     new, reports = tracker.take("a", "j1", 5, 5)
     assert new
     assert [(r.kind, r.first, r.last) for r in reports] == [("gap", 3, 4)]
+    new, reports = tracker.take("a", "j1", 3, 3)  # reordered, not lost
+    assert new
+    assert [(r.kind, r.first, r.last) for r in reports] == [("late", 3, 3)]
     _, reports = tracker.take("a", "j1", 6, 9, lost=True)
     assert [(r.kind, r.first, r.last) for r in reports] == [("lost", 6, 9)]
     assert tracker.take("b", "k", 40, 40) == (True, [])  # another host: its own sequence
     _, reports = tracker.take("a", "j2", 1, 1)
     assert [r.kind for r in reports] == ["journal"]
-    assert "GAP: never arrived 3..4" in str(Report_of(tracker, "gap"))
-
-
-def Report_of(tracker: Tracker, kind: str) -> object:
-
-    return Report(kind, "a", "j1", 3, 4)
+    assert str(Report("gap", "a", "j1", 3, 4)) == "a: GAP: not arrived 3..4 (journal j1)"
 
 
 def test_secrets_must_be_private(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ class FleetMonitor:
         )
 
     def _report(self, report: Report) -> None:
-        if report.kind in ("gap", "lost"):
+        if report.kind in ("gap", "lost", "late"):
             log.error("%s", report)
         else:
             log.warning("%s", report)
