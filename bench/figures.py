@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import broker, coldplug, fleet, measures, storm
+from bench import broker, coldplug, devices, fleet, measures, storm
 from bench.measures import Config, Values
 
 
@@ -236,6 +236,38 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 "pnpbroker trigger --settle: time to settle",
                 "s",
                 "coldplug.shell.time",
+            ),
+        ),
+    ),
+    Measurement(
+        "devices",
+        devices.devices_table,
+        (
+            Figure("devices.table", "device table: devices (GetDevices rows)", "n"),
+            Figure("devices.ready", "broker start: launch to READY=1, that table in sysfs", "s"),
+            Figure(
+                "devices.start",
+                "broker start: launch to the first GetDevices answer",
+                "s",
+                "devices.ready",
+            ),
+            Figure("devices.pyudev", "libudev enumerate + properties (pyudev), same sysfs", "s"),
+            Figure("devices.scan", "the table's scan of sysfs alone", "s", "devices.pyudev"),
+            Figure("devices.ceiling", "ceiling: bare dbus-fast returning the same rows", "ms"),
+            Figure("devices.get", "GetDevices, every device: latency", "ms", "devices.ceiling"),
+            Figure("devices.get.one", "GetDevices, one device (devpath filter): latency", "ms"),
+            Figure("devices.text", "the table's text (uevent keys, devpaths)", "MB"),
+            Figure("devices.memory", "the table's memory (tracemalloc)", "MB", "devices.text"),
+            Figure("devices.per_device", "the table's memory per device", "B"),
+            Figure(
+                "devices.burst.vs_broker",
+                "enumerate+subscribe amid a burst: its devices that differ from the broker's",
+                "n",
+            ),
+            Figure(
+                "devices.burst.vs_kernel",
+                "enumerate+subscribe amid a burst: its devices that differ from the kernel's",
+                "n",
             ),
         ),
     ),

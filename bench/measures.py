@@ -38,6 +38,9 @@ class Config:
     idle_seconds: float = 60.0
     legacy_links: int = 1000
     storm_events: int = 100_000
+    device_count: int = 10_000
+    device_calls: int = 20
+    burst_events: int = 10_000
     udevadm: Path | None = None
 
     def peer_env(self) -> dict[str, str]:

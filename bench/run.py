@@ -116,6 +116,9 @@ def config(quick: bool) -> Config:
             legacy_links=200,
             idle_seconds=5.0,
             storm_events=2_000,
+            device_count=2_000,
+            device_calls=5,
+            burst_events=2_000,
             udevadm=udevadm,
         )
     return Config(udevadm=udevadm)

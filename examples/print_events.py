@@ -4,6 +4,7 @@
     python3 print_events.py                    # from now on
     python3 print_events.py --since 0          # the whole journal first
     python3 print_events.py --state pos.txt    # remember the position; resume without a gap
+    python3 print_events.py --enumerate        # the devices present first, then the changes
 
 Needs only dbus-fast and pnpclient.py beside it; any user may run it.
 """
@@ -16,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from pnpclient import ClientError, EventsLost, subscribe
+from pnpclient import ClientError, Device, EventsLost, Item, subscribe
 
 
 def _start(args: argparse.Namespace) -> int | None:
@@ -33,21 +34,27 @@ def _save(path: Path, position: int) -> None:
     os.replace(temporary, path)
 
 
+def _record(item: Item) -> dict[str, object]:
+    if isinstance(item, EventsLost):
+        return {"events_lost": item.after_sequence, "uuid": item.resync_uuid}
+    if isinstance(item, Device):
+        return {"device": item.devpath, "properties": dict(item.properties)}
+    return {
+        "sequence": item.sequence,
+        "action": item.action,
+        "subsystem": item.subsystem,
+        "devpath": item.devpath,
+        "seqnum": item.seqnum,
+        "properties": dict(item.properties),
+    }
+
+
 async def main(args: argparse.Namespace) -> None:
-    async with subscribe(after=_start(args), subsystem=args.subsystem) as events:
+    after = None if args.enumerate else _start(args)
+    events = subscribe(after=after, subsystem=args.subsystem, enumerate=args.enumerate)
+    async with events:
         async for item in events:
-            if isinstance(item, EventsLost):
-                record = {"events_lost": item.after_sequence, "uuid": item.resync_uuid}
-            else:
-                record = {
-                    "sequence": item.sequence,
-                    "action": item.action,
-                    "subsystem": item.subsystem,
-                    "devpath": item.devpath,
-                    "seqnum": item.seqnum,
-                    "properties": dict(item.properties),
-                }
-            print(json.dumps(record), flush=True)
+            print(json.dumps(_record(item)), flush=True)
             if args.state is not None and events.position is not None:
                 _save(args.state, events.position)
 
@@ -57,6 +64,7 @@ if __name__ == "__main__":
     parser.add_argument("--since", type=int, help="replay events after this sequence first")
     parser.add_argument("--subsystem", action="append", help="only this subsystem (repeat)")
     parser.add_argument("--state", type=Path, help="file that keeps the position across runs")
+    parser.add_argument("--enumerate", action="store_true", help="the devices present first")
     try:
         asyncio.run(main(parser.parse_args()))
     except KeyboardInterrupt:

@@ -10,7 +10,9 @@ which events this run caused and count them. A library: ``pnpbroker trigger``
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
+import stat
 import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +29,14 @@ Progress = Callable[[int], None]
 
 class InvalidTrigger(ValueError, BrokerError):
     """An action or uuid the kernel would reject in a `uevent` write."""
+
+
+class NoSuchDevice(FileNotFoundError, BrokerError):
+    """A path that names no device the kernel announces."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,81 @@ def _entries(listing: Path) -> list[str]:
         return sorted(os.listdir(listing))
     except FileNotFoundError:
         return []
+
+
+def find(sysfs: Path, path: str) -> Device:
+    """The device ``path`` names, as ``udevadm`` takes it: a devpath (``/devices/...``), a sysfs
+    path (``/sys/class/net/lo`` too: links are followed) or a device node (``/dev/sda``)."""
+    real_sysfs = os.path.realpath(sysfs)
+    if path.startswith("/dev/"):
+        target = _node_target(sysfs, path)
+    elif path.startswith(("/sys/", str(sysfs) + "/")):
+        target = os.path.realpath(str(sysfs) + path.removeprefix("/sys").removeprefix(str(sysfs)))
+    else:
+        target = os.path.realpath(str(sysfs) + path)
+    if not target.startswith(real_sysfs + "/devices/"):
+        raise NoSuchDevice(path, "not a device directory in sysfs")
+    devpath = target[len(real_sysfs) :]
+    device = _device(sysfs, f"{sysfs}{devpath}", len(str(sysfs)))
+    if device is None:
+        raise NoSuchDevice(path, "no such device (no uevent file or no subsystem)")
+    return device
+
+
+def _node_target(sysfs: Path, node: str) -> str:
+    """``/sys/dev/block|char/MAJOR:MINOR`` of a device node, resolved."""
+    try:
+        info = os.stat(node)
+    except OSError as exc:
+        raise NoSuchDevice(node, exc.strerror or "cannot stat") from None
+    if not (stat.S_ISBLK(info.st_mode) or stat.S_ISCHR(info.st_mode)):
+        raise NoSuchDevice(node, "not a device node")
+    kind = "block" if stat.S_ISBLK(info.st_mode) else "char"
+    numbers = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
+    return os.path.realpath(sysfs / "dev" / kind / numbers)
+
+
+@dataclass(frozen=True)
+class Match:
+    """udevadm trigger's matches: the device's name (its last devpath component) matches any of
+    ``sysnames`` (globs); each of ``attrs`` (name, glob or None: only present) matches its
+    sysfs attribute (trailing white space dropped); it is, or is below, one of ``parents``."""
+
+    sysnames: tuple[str, ...] = ()
+    attrs: tuple[tuple[str, str | None], ...] = ()
+    parents: tuple[str, ...] = ()
+
+    def __call__(self, device: Device) -> bool:
+        name = device.devpath.rsplit("/", 1)[-1]
+        if self.sysnames and not any(fnmatch.fnmatchcase(name, g) for g in self.sysnames):
+            return False
+        if self.parents and not any(_below(device.devpath, p) for p in self.parents):
+            return False
+        return all(_attr_matches(device.syspath, name, glob) for name, glob in self.attrs)
+
+
+def _below(devpath: str, parent: str) -> bool:
+    parent = parent.rstrip("/")
+    return devpath == parent or devpath.startswith(parent + "/")
+
+
+def read_attribute(syspath: Path, name: str) -> str | None:
+    """A sysfs attribute's value without trailing white space; None if it cannot be read."""
+    if name.startswith("/") or ".." in name.split("/"):
+        return None
+    try:
+        with open(syspath / name, "rb") as file:
+            data = file.read(4096)
+    except OSError:
+        return None
+    return data.decode("utf-8", "replace").rstrip()
+
+
+def _attr_matches(syspath: Path, name: str, glob: str | None) -> bool:
+    value = read_attribute(syspath, name)
+    if value is None:
+        return False
+    return glob is None or fnmatch.fnmatchcase(value, glob)
 
 
 def check(action: str, uuid: str) -> None:

@@ -24,13 +24,14 @@ class ExitCode(IntEnum):
 #: What each exit code means (``--help`` and the reference say this).
 MEANINGS: Final[dict[ExitCode, str]] = {
     ExitCode.OK: "clean stop (SIGTERM, SIGINT, or the end of a stream source)",
-    ExitCode.FAILED: "the command could not do its job: trigger --settle timed out, monitor "
-    "cannot deliver the events asked for",
+    ExitCode.FAILED: "the command could not do its job: trigger --settle or settle timed out, "
+    "the broker refused (polkit) or is not running, info found no such device, monitor cannot "
+    "deliver the events asked for",
     ExitCode.CONFIG: "bad configuration (the message names the key), or a handed-over fd that is "
     "not a uevent datagram socket",
     ExitCode.USAGE: "usage error",
-    ExitCode.SYSTEM: "a system call failed (socket, journal, bus), or another broker owns "
-    "org.pnp.Broker",
+    ExitCode.SYSTEM: "a system call failed (socket, journal, bus unreachable), or another broker "
+    "owns org.pnp.Broker",
 }
 
 #: Signals that stop the broker (and ``monitor``): finish the running program, publish what is

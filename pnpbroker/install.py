@@ -1,5 +1,7 @@
 """Put the data files (bus policy, activation file, polkit actions, systemd units) where the
-system's dbus-daemon, polkitd and systemd look for them.
+system's dbus-daemon, polkitd and systemd look for them; and the man pages and the bash
+completion, made from the command line's parser (:mod:`pnpbroker.manpage`,
+:mod:`pnpbroker.completion`), where man and bash look for them.
 
 The files are plain files in the source tree (``dbus/``, ``polkit/``, ``systemd/``). An installed
 package (``pip install``, the wheel, the Debian package's virtualenv) carries copies of them as
@@ -48,6 +50,8 @@ RULES = (
     Rule("systemd/*.service", "lib/systemd/system"),
     Rule("systemd/*.socket", "lib/systemd/system"),
 )
+MAN_DIR = "share/man/man8"
+COMPLETION_DIR = "share/bash-completion/completions"
 REQUIRED = (
     "dbus/org.pnp.Broker.conf",
     "dbus/org.pnp.Broker.service",
@@ -93,6 +97,22 @@ def install(
     for rule in RULES:
         for path in sorted(source.glob(rule.pattern)):
             written.append(_copy(path, root / rule.directory, str(program)))
+    return written + _generated(root)
+
+
+def _generated(root: Path) -> list[Path]:
+    """The man pages and the bash completion, from the parser this program runs."""
+    from pnpbroker import completion, manpage
+
+    files = {f"{MAN_DIR}/{name}": text for name, text in manpage.pages().items()}
+    files[f"{COMPLETION_DIR}/pnpbroker"] = completion.script()
+    written = []
+    for name, text in files.items():
+        target = root / name
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(0o644)
+        written.append(target)
     return written
 
 

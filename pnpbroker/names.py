@@ -8,7 +8,8 @@ INTERFACE: Final = "org.pnp.Broker1"
 
 ERROR_PREFIX: Final = "org.pnp.Broker1.Error"
 ERROR_NOT_AUTHORIZED: Final = f"{ERROR_PREFIX}.NotAuthorized"
-ERROR_INVALID_ARGS: Final = f"{ERROR_PREFIX}.InvalidArguments"
+#: Bad arguments: the standard name (D-Bus specification), as GDBus and sd-bus use it.
+ERROR_INVALID_ARGS: Final = "org.freedesktop.DBus.Error.InvalidArgs"
 ERROR_FAILED: Final = f"{ERROR_PREFIX}.Failed"
 ERROR_JOURNAL_GAP: Final = f"{ERROR_PREFIX}.NoLongerJournalled"
 

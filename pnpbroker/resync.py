@@ -13,24 +13,51 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pnpbroker import coldplug
+from pnpbroker.coldplug import Device
 
 log = logging.getLogger(__name__)
 
 
 async def trigger_in_thread(
-    subsystems: Sequence[str], action: str, uuid: str | None = None, sysfs: Path = Path("/sys")
+    subsystems: Sequence[str],
+    action: str,
+    uuid: str | None = None,
+    sysfs: Path = Path("/sys"),
+    devices: Sequence[str] | None = None,
 ) -> coldplug.TriggerResult:
-    """Walk ``sysfs`` and write ``action uuid`` without blocking the loop; InvalidTrigger first."""
+    """Write ``action uuid`` to every device of ``subsystems`` (all when empty), or to exactly
+    the ``devices`` (devpaths; those gone are left out), without blocking the loop.
+    InvalidTrigger (nothing written) for a bad action or uuid."""
     uuid = uuid or str(uuidlib.uuid4())
     coldplug.check(action, uuid)
-    devices = list(subsystems)
-    return await asyncio.to_thread(
-        lambda: coldplug.trigger(coldplug.walk(sysfs, devices), action, uuid)
-    )
+    wanted = list(subsystems)
+
+    def run() -> coldplug.TriggerResult:
+        if devices is None:
+            found: Iterable[coldplug.Device] = coldplug.walk(sysfs, wanted)
+        else:
+            found = _existing(sysfs, devices, wanted)
+        return coldplug.trigger(found, action, uuid)
+
+    return await asyncio.to_thread(run)
+
+
+def _existing(sysfs: Path, devpaths: Sequence[str], subsystems: Sequence[str]) -> list[Device]:
+    """The devices at ``devpaths`` that still exist (and are of ``subsystems``, if given)."""
+    found = []
+    for devpath in devpaths:
+        try:
+            device = coldplug.find(sysfs, devpath)
+        except coldplug.NoSuchDevice as exc:
+            log.info("trigger: %s", exc)
+            continue
+        if not subsystems or device.subsystem in subsystems:
+            found.append(device)
+    return found
 
 
 class Resync:

@@ -1,30 +1,32 @@
-"""``pnpbroker trigger --settle``: coldplug, then wait until the broker published every event.
+"""Waiting for the broker: until a trigger's events are published, or until it has caught up.
 
-The kernel answers each accepted ``uevent`` write with one event carrying our SYNTH_UUID, so
-"settled" means: as many Event signals with ``properties["SYNTH_UUID"] == uuid`` as writes were
-accepted. We subscribe before writing (a signal sent before the match exists is never seen), and
-write from a thread so the loop keeps reading signals meanwhile. A library: the command's
-arguments and messages are in :mod:`pnpbroker.commands.trigger`.
+``pnpbroker trigger --settle``: the kernel answers each accepted ``uevent`` write with one event
+carrying our SYNTH_UUID, so "settled" means: as many Event signals with
+``properties["SYNTH_UUID"] == uuid`` as writes were accepted. We subscribe before writing (a
+signal sent before the match exists is never seen) and write meanwhile (in a thread, or by the
+broker's Trigger method), so the loop keeps reading signals.
+
+``pnpbroker settle``: the broker has handled every event it had journalled when asked (its
+``LastSequence`` reached ``Statistics["journalled"]``), or a given sequence. A library: the
+commands' arguments and messages are in :mod:`pnpbroker.commands`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from dbus_fast import BusType, Message, MessageType
-from dbus_fast.aio import MessageBus
+from dbus_fast import Message
 
-from pnpbroker import coldplug, names
-from pnpbroker.bus.wire import EVENT_SIGNATURE, to_bus_daemon
+from pnpbroker import names
+from pnpbroker.bus.wire import EVENT_SIGNATURE
 from pnpbroker.errors import BrokerError
+from pnpbroker.remote import Remote, event_rule
 
 DEFAULT_TIMEOUT = 120.0
-MATCH = (
-    f"type='signal',sender='{names.BUS_NAME}',path='{names.OBJECT_PATH}',"
-    f"interface='{names.INTERFACE}',member='Event'"
-)
+R = TypeVar("R")
 
 
 class NotSettled(TimeoutError, BrokerError):
@@ -38,34 +40,39 @@ class NotSettled(TimeoutError, BrokerError):
         self.uuid, self.seen, self.wanted = uuid, seen, wanted
 
 
+class NotCaughtUp(TimeoutError, BrokerError):
+    """The broker did not handle the events up to a sequence before the timeout."""
+
+    def __init__(self, wanted: int, reached: int, timeout: float, paused: bool) -> None:
+        why = " (it is paused)" if paused else ""
+        super().__init__(
+            f"timed out after {timeout:g} s: the broker handled up to sequence {reached}, "
+            f"not {wanted}{why}"
+        )
+        self.wanted, self.reached = wanted, reached
+
+
 class Watcher:
     """Counts the broker's Event signals that carry one SYNTH_UUID."""
 
-    def __init__(self, bus: MessageBus, uuid: str) -> None:
-        self.bus = bus
+    def __init__(self, remote: Remote, uuid: str) -> None:
         self.uuid = uuid
         self.seen = 0
         self.wanted: int | None = None
         self._done = asyncio.Event()
-        bus.add_message_handler(self._on_message)
+        remote.on_signal(self._on_signal)
 
     @classmethod
-    async def connect(cls, address: str | None, uuid: str) -> Watcher:
-        """Connect and subscribe; once this returns, no matching signal can be missed."""
-        bus = await MessageBus(bus_address=address, bus_type=BusType.SYSTEM).connect()
-        watcher = cls(bus, uuid)
-        reply = await bus.call(to_bus_daemon("AddMatch", "s", [MATCH]))
-        if reply is None or reply.message_type == MessageType.ERROR:
-            bus.disconnect()
-            raise ConnectionError(f"AddMatch refused: {reply.body if reply else 'no reply'}")
+    async def connect(cls, remote: Remote, uuid: str) -> Watcher:
+        """Subscribe; once this returns, no matching signal can be missed."""
+        watcher = cls(remote, uuid)
+        await remote.add_match(event_rule())
         return watcher
 
-    def _on_message(self, msg: Message) -> None:
-        if msg.message_type != MessageType.SIGNAL or msg.member != "Event":
+    def _on_signal(self, msg: Message) -> None:
+        if msg.member != "Event" or msg.interface != names.INTERFACE:
             return
-        if msg.interface != names.INTERFACE or msg.signature != EVENT_SIGNATURE:
-            return
-        if msg.body[4].get("SYNTH_UUID") == self.uuid:
+        if msg.signature == EVENT_SIGNATURE and msg.body[4].get("SYNTH_UUID") == self.uuid:
             self.seen += 1
             self._check()
 
@@ -83,21 +90,58 @@ class Watcher:
         except TimeoutError:
             raise NotSettled(self.uuid, self.seen, wanted, seconds) from None
 
-    def close(self) -> None:
-        self.bus.disconnect()
-
 
 async def settle(
-    trigger: Callable[[], coldplug.TriggerResult], uuid: str, address: str | None, seconds: float
-) -> tuple[coldplug.TriggerResult, float]:
-    """Subscribe to the Events carrying SYNTH_UUID=``uuid``, run ``trigger`` (which writes that
-    uuid) in a thread, and wait up to ``seconds`` for as many as it wrote; the result and the
-    seconds it took."""
-    watcher = await Watcher.connect(address, uuid)
+    run: Callable[[Remote], Awaitable[R]],
+    written: Callable[[R], int],
+    uuid: str,
+    address: str | None,
+    seconds: float,
+) -> tuple[R, float]:
+    """Subscribe to the Events carrying SYNTH_UUID=``uuid``, then ``run`` the trigger that
+    writes that uuid, and wait up to ``seconds`` for as many events as it ``written``; the
+    trigger's result and the seconds it took."""
+    remote = await Remote.connect(address)
     try:
+        watcher = await Watcher.connect(remote, uuid)
         start = time.monotonic()
-        result = await asyncio.to_thread(trigger)
-        await watcher.wait(result.written, seconds)
+        result = await run(remote)
+        await watcher.wait(written(result), seconds)
         return result, time.monotonic() - start
     finally:
-        watcher.close()
+        remote.close()
+
+
+async def caught_up(address: str | None, sequence: int | None, seconds: float) -> int:
+    """Wait until the broker has handled every event up to ``sequence`` (None: every event it
+    had journalled when asked); return that sequence. NotCaughtUp after ``seconds``;
+    RemoteError if the broker does not answer."""
+    remote = await Remote.connect(address)
+    try:
+        reached = asyncio.Event()
+        last = 0
+
+        def on_signal(msg: Message) -> None:
+            nonlocal last
+            if msg.member == "Event" and msg.signature == EVENT_SIGNATURE:
+                last = max(last, int(msg.body[0]))
+                if last >= wanted:
+                    reached.set()
+
+        wanted = 1 << 64  # not known before GetAll: no signal settles it before that
+        remote.on_signal(on_signal)
+        await remote.add_match(event_rule())
+        props = await remote.properties()
+        wanted = props["Statistics"]["journalled"] if sequence is None else sequence
+        last = max(last, props["LastSequence"])
+        if last >= wanted:
+            return wanted
+        try:
+            async with asyncio.timeout(seconds):
+                await reached.wait()
+        except TimeoutError:
+            paused = bool((await remote.properties())["Paused"])
+            raise NotCaughtUp(wanted, last, seconds, paused) from None
+        return wanted
+    finally:
+        remote.close()

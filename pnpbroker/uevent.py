@@ -106,6 +106,14 @@ def serialize(event: Uevent) -> bytes:
     return "\0".join(parts).encode("utf-8", "surrogateescape") + b"\0"
 
 
+def valid_utf8(properties: Mapping[str, str]) -> Mapping[str, str]:
+    """``properties`` with every key and value made valid UTF-8 (most are ASCII: returned as
+    they are after one check)."""
+    if "".join(properties.values()).isascii() and "".join(properties).isascii():
+        return properties
+    return {dbus_safe(key): dbus_safe(value) for key, value in properties.items()}
+
+
 def dbus_safe(value: str) -> str:
     """``value`` as valid UTF-8 for D-Bus: undecodable bytes become U+FFFD."""
     if value.isascii():

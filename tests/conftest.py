@@ -9,6 +9,7 @@ import pytest
 from support import REPO_ROOT, require_binaries, require_root
 from support.bus import SystemBus
 from support.netns import NetNS
+from support.signals import Signals
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,3 +45,11 @@ def netns() -> Iterator[NetNS]:
     tag = "".join(c for c in REPO_ROOT.name if c.isalnum())[:16]
     with NetNS(tag=tag) as ns:
         yield ns
+
+
+@pytest.fixture
+def signals(system_bus: SystemBus) -> Iterator[Signals]:
+    """The broker's signals on the test's bus, recorded from now on (``wait`` for some)."""
+    watcher = Signals(system_bus.address)
+    yield watcher
+    watcher.close()

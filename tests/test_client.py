@@ -92,17 +92,20 @@ async def add_ifbs(netns: NetNS, prefix: str, count: int) -> set[str]:
     return set(links)
 
 
-def test_the_library_stands_alone() -> None:
-    """examples/pnpclient.py imports without the pnpbroker package and names the same contract."""
+def test_the_library_stands_alone(tmp_path: Path) -> None:
+    """A copy of examples/pnpclient (``cp -rL``) imports without the pnpbroker package, each of
+    its modules, and names the same contract."""
+    assert (EXAMPLES / "pnpclient").resolve() == REPO_ROOT / "pnpbroker" / "client"
+    subprocess.run(["cp", "-rL", str(EXAMPLES / "pnpclient"), str(tmp_path)], check=True)
     code = (
         "import sys; sys.modules['pnpbroker'] = None; sys.path.insert(0, sys.argv[1]);"
-        "import pnpclient as c; print(c.BUS_NAME, c.OBJECT_PATH, c.INTERFACE, c.ERROR_JOURNAL_GAP)"
+        "import pnpclient as c, pnpclient.threads, pnpclient.protocol;"
+        "print(c.BUS_NAME, c.OBJECT_PATH, c.INTERFACE, c.ERROR_JOURNAL_GAP)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(EXAMPLES)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True, text=True
     ).stdout.split()
     assert out == [names.BUS_NAME, names.OBJECT_PATH, names.INTERFACE, names.ERROR_JOURNAL_GAP]
-    assert (EXAMPLES / "pnpclient.py").resolve() == (REPO_ROOT / "pnpbroker" / "client.py")
 
 
 @pytest.mark.root
@@ -320,7 +323,7 @@ def test_example_scripts_copied_out(system_bus: SystemBus, netns: NetNS, tmp_pat
     with BrokerProcess(system_bus, tmp_path / "state", netns=netns):
         netns.add_ifbs(["w0"])
         found = run(
-            str(copy / "wait_for_device.py"), "--since", "0", "--subsystem", "net",
+            str(copy / "wait_for_device.py"), "--subsystem", "net",
             "--property", "INTERFACE=w0", "--timeout", str(TIMEOUT),
         )  # fmt: skip
         assert (found.returncode, found.stdout.strip()) == (0, "/devices/virtual/net/w0")
@@ -329,7 +332,12 @@ def test_example_scripts_copied_out(system_bus: SystemBus, netns: NetNS, tmp_pat
             "--timeout", "0.5",
         )  # fmt: skip
         assert missing.returncode == 1
-        assert "nothing matched" in missing.stderr
+        assert "not within 0.5 s" in missing.stderr
+        gone = run(
+            str(copy / "wait_for_device.py"), "--devpath", "/devices/virtual/net/nothere",
+            "--removed", "--timeout", str(TIMEOUT),
+        )  # fmt: skip
+        assert (gone.returncode, gone.stdout.strip()) == (0, "/devices/virtual/net/nothere")
         state = tmp_path / "position"
         first = print_events_until(copy, state, env)
         netns.add_ifbs(["w1"])

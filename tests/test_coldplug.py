@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from support.netns import NetNS, Uevent, collect_uevents, netns_uevent_socket
+from support.sysfs import make_fake_sysfs
 
 from pnpbroker.coldplug import Device, InvalidTrigger, trigger, walk
 from pnpbroker.commands.trigger import add_arguments as add_trigger_arguments
@@ -29,41 +29,9 @@ from pnpbroker.errors import BrokerError
 # A fake sysfs: directories, uevent files and the same relative symlinks the kernel makes.
 
 
-def _fake_device(sysfs: Path, devpath: str, subsystem: str | None, kind: str = "class") -> None:
-    """Make a device directory; list it under /class/S or /bus/S/devices like the kernel does."""
-    path = sysfs / devpath.lstrip("/")
-    path.mkdir(parents=True)
-    (path / "uevent").write_text("")
-    if subsystem is None:
-        return
-    home = sysfs / kind / subsystem
-    home.mkdir(parents=True, exist_ok=True)
-    os.symlink(os.path.relpath(home, path), path / "subsystem")
-    listing = home / "devices" if kind == "bus" else home
-    listing.mkdir(exist_ok=True)
-    os.symlink(os.path.relpath(path, listing), listing / path.name)
-
-
 @pytest.fixture
 def fake_sysfs(tmp_path: Path) -> Path:
-    """A small fake tree: a PCI bus with a NIC, a virtual lo, a block disk, and traps."""
-    sysfs = tmp_path / "fake-sys"
-    _fake_device(sysfs, "/devices/pci0000:00", None)  # a device without subsystem: no event
-    _fake_device(sysfs, "/devices/pci0000:00/0000:00:03.0", "pci", kind="bus")
-    _fake_device(sysfs, "/devices/pci0000:00/0000:00:03.0/virtio2", "virtio", kind="bus")
-    _fake_device(sysfs, "/devices/pci0000:00/0000:00:03.0/virtio2/net/eth0", "net")
-    _fake_device(sysfs, "/devices/pci0000:00/0000:00:01.1", "pci", kind="bus")
-    _fake_device(sysfs, "/devices/pci0000:00/0000:00:01.1/block/vda", "block")
-    _fake_device(sysfs, "/devices/pci0000:00/0000:00:01.1/block/vda/vda1", "block")
-    _fake_device(sysfs, "/devices/virtual/net/lo", "net")
-    (sysfs / "devices/virtual/net/lo/queues/rx-0").mkdir(parents=True)  # a kobject, no uevent
-    # Symlinks the walk must not enter: a loop back up, and a driver link into /bus.
-    nic = sysfs / "devices/pci0000:00/0000:00:03.0"
-    os.symlink("../..", nic / "loop")
-    (sysfs / "bus/pci/drivers/virtio-pci").mkdir(parents=True)
-    os.symlink("../../../bus/pci/drivers/virtio-pci", nic / "driver")
-    os.symlink("/nonexistent", sysfs / "class/net/dangling")
-    return sysfs
+    return make_fake_sysfs(tmp_path / "fake-sys")
 
 
 FAKE_ORDER = [

@@ -26,6 +26,8 @@ DIRECTORIES = {
     "usr/share/dbus-1/interfaces",
     "usr/share/polkit-1/actions",
     "usr/lib/systemd/system",
+    "usr/share/man/man8",
+    "usr/share/bash-completion/completions",
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from dbus_fast import Variant
 
-from pnpbroker.bus.wire import trigger_options
+from pnpbroker.bus.wire import TriggerRequest, trigger_options
 from pnpbroker.errors import ConfigError, MalformedUevent
 from pnpbroker.helper import datagram
 from pnpbroker.sources import Datagram, Item, check
@@ -198,10 +198,16 @@ def test_helper_datagram_is_the_kernel_format_without_helper_only_keys() -> None
 
 
 def test_trigger_options() -> None:
-    assert trigger_options({}) == ([], "add")
+    assert trigger_options({}) == TriggerRequest((), "add")
     opts = {"subsystems": Variant("as", ["net", "block"]), "action": Variant("s", "change")}
-    assert trigger_options(opts) == (["net", "block"], "change")
+    assert trigger_options(opts) == TriggerRequest(("net", "block"), "change")
+    uuid = "0f3c1f0e-2a4b-4c5d-8e6f-708192a3b4c5"
+    opts = {"devices": Variant("as", ["/devices/virtual/net/lo"]), "uuid": Variant("s", uuid)}
+    assert trigger_options(opts) == TriggerRequest((), "add", ("/devices/virtual/net/lo",), uuid)
     with pytest.raises(ValueError, match="unknown option"):
         trigger_options({"bogus": Variant("s", "")})
+    for bad in ("/sys/devices/x", "/devices/../../etc", "devices/x"):
+        with pytest.raises(ValueError, match="not a devpath"):
+            trigger_options({"devices": Variant("as", [bad])})
     with pytest.raises(ValueError, match="subsystems must be as"):
         trigger_options({"subsystems": Variant("s", "net")})

@@ -17,12 +17,11 @@ import subprocess
 import sys
 import tempfile
 import uuid as uuidlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import REPO_ROOT
-from support.broker import BrokerProcess
+from support.broker import ActivatedBroker, BrokerProcess
 from support.bus import SystemBus
 from support.netns import NetNS, netns_uevent_socket
 from support.signals import Signals, net_event
@@ -31,38 +30,6 @@ pytestmark = pytest.mark.root
 
 HELPER = str(Path(sys.executable).with_name("pnpbroker-helper"))
 SO_RCVBUFFORCE = 33
-#: Set LISTEN_PID to our own pid, move the socket to fd 3, then exec the broker: what a
-#: service manager does between fork and exec.
-LISTEN_WRAPPER = (
-    "import os, sys\n"
-    "fd = int(sys.argv[1])\n"
-    "if fd != 3:\n"
-    "    os.dup2(fd, 3)\n"
-    "    os.close(fd)\n"
-    "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
-
-
-class ActivatedBroker(BrokerProcess):
-    """The broker started the socket-activation way, with ``fd`` as its fd 3."""
-
-    def __init__(self, *args: object, fd: int, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.fd = fd
-
-    def argv(self) -> list[str]:
-        prefix = self.netns.exec_prefix() if self.netns is not None else []
-        wrapper = [sys.executable, "-c", LISTEN_WRAPPER, str(self.fd)]
-        rest = super().argv()[len(prefix) :]
-        return [*prefix, *wrapper, *rest]
-
-
-@pytest.fixture
-def signals(system_bus: SystemBus) -> Iterator[Signals]:
-    watcher = Signals(system_bus.address)
-    yield watcher
-    watcher.close()
 
 
 def links(ns: NetNS, count: int) -> set[str]:

@@ -342,6 +342,7 @@ async def test_the_pipeline_runs_without_a_bus(tmp_path: Path) -> None:
     config = Config(hotplug_program="/bin/true", state_dir=tmp_path)
     pipeline = Pipeline(config, source, Journal(tmp_path / "journal.sqlite"))
     pipeline.resync = Resync(tmp_path / "sys")  # the overflow's resync must not touch this /sys
+    pipeline.devices.scan = list  # nor its rescan (test_devices has the table)
     link = FakeLink()
     pipeline.publisher.attach(link)
     run = asyncio.get_running_loop().create_task(pipeline.run())

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from support import REPO_ROOT, require_binaries
+from support import REPO_ROOT, require_binaries, skip_or_fail
 from support.broker import BrokerProcess
 from support.bus import SystemBus
 from support.netns import NetNS
@@ -30,6 +30,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # What the contract (dbus/org.pnp.Broker1.xml, docs/dbus.md) documents, as D-Bus signatures.
 METHODS = {
     "GetEvents": ("tu", "a(tsssa{ss}a{sv})"),
+    "GetDevices": ("a{sv}", "ta(ssa{ss})"),
     "Trigger": ("a{sv}", "su"),
     "Pause": ("", ""),
     "Resume": ("", ""),
@@ -217,7 +218,7 @@ def test_dbus_python_subscriber_as_nobody(system_bus: SystemBus, netns: NetNS) -
         check=False,
     )
     if check.returncode != 0:
-        pytest.skip("python3-dbus with python3-gi is not installed for /usr/bin/python3")
+        skip_or_fail("python3-dbus with python3-gi is not installed (run scripts/setup)")
     netns.add_ifbs(["d0"])
     prefix = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     argv = [*prefix, SYSTEM_PYTHON, "-c", DBUS_PYTHON_SUBSCRIBER, system_bus.address]

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from support import REPO_ROOT
 
+from pnpbroker.install import COMPLETION_DIR, MAN_DIR
+from pnpbroker.manpage import pages
+
 FILES = {
     "dbus/org.pnp.Broker.conf": "usr/share/dbus-1/system.d/org.pnp.Broker.conf",
     "dbus/org.pnp.Broker.service": "usr/share/dbus-1/system-services/org.pnp.Broker.service",
@@ -22,6 +25,7 @@ FILES = {
     "polkit/org.pnp.Broker.policy": "usr/share/polkit-1/actions/org.pnp.Broker.policy",
     "systemd/pnpbroker.service": "usr/lib/systemd/system/pnpbroker.service",
     "systemd/pnpbroker.socket": "usr/lib/systemd/system/pnpbroker.socket",
+    "systemd/pnpbroker-forward.service": "usr/lib/systemd/system/pnpbroker-forward.service",
 }
 
 
@@ -59,9 +63,12 @@ def test_installed_program_installs_units_that_start_it(venv: Path, tmp_path: Pa
     program = venv / "bin" / "pnpbroker"
     out = run([str(program), "install", "--destdir", str(tmp_path / "root")], tmp_path)
     written = {str(Path(line).relative_to(tmp_path / "root")) for line in out.split()}
-    assert written == set(FILES.values())
+    generated = {f"usr/{MAN_DIR}/{name}" for name in pages()} | {f"usr/{COMPLETION_DIR}/pnpbroker"}
+    assert written == set(FILES.values()) | generated  # the pages from the installed parser
     unit = (tmp_path / "root" / FILES["systemd/pnpbroker.service"]).read_text()
     assert f"ExecStart={program} run\n" in unit
+    forward = (tmp_path / "root" / FILES["systemd/pnpbroker-forward.service"]).read_text()
+    assert f"ExecStart={program} forward\n" in forward
     activation = (tmp_path / "root" / FILES["dbus/org.pnp.Broker.service"]).read_text()
     assert f"Exec={program} run\n" in activation
     policy = (tmp_path / "root" / FILES["dbus/org.pnp.Broker.conf"]).read_text()

@@ -78,7 +78,7 @@ class BusServer:
     async def _connect(self) -> BusLink:
         link = await BusLink.connect(self.address)
         try:
-            track_callers(link.bus)
+            track_callers(link.bus, self.interface)
             await link.serve(self.interface)
         except BaseException:
             link.close()

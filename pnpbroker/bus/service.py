@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from dbus_fast import DBusError, Message, MessageType, Variant
@@ -23,7 +23,9 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from pnpbroker import __version__, names
-from pnpbroker.bus.wire import event_body, trigger_options
+from pnpbroker.bus.wire import device_filter, device_row, event_body, trigger_options
+from pnpbroker.client.model import Filter
+from pnpbroker.client.table import Device
 from pnpbroker.journal import Record
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ EventRow = Annotated[
     DBusSignature("(tsssa{ss}a{sv})"),
 ]
 EventRows = Annotated[list[EventRow], DBusSignature("a(tsssa{ss}a{sv})")]
+DeviceRows = Annotated[list[tuple[str, str, Mapping[str, str]]], DBusSignature("a(ssa{ss})")]
 #: A method that returns nothing (a bare ``None`` annotation confuses dbus-fast).
 Nothing = Annotated[None, DBusSignature("")]
 
@@ -44,6 +47,7 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "Event": ("sequence", "action", "subsystem", "devpath", "properties", "handler"),
     "EventsLost": ("after_sequence", "resync_uuid"),
     "GetEvents": ("events",),
+    "GetDevices": ("sequence", "devices"),
     "Trigger": ("uuid", "count"),
 }
 EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
@@ -71,7 +75,15 @@ class Core(Protocol):
 
     def statistics(self) -> dict[str, int]: ...
 
-    async def trigger(self, subsystems: Sequence[str], action: str) -> tuple[str, int]: ...
+    async def device_snapshot(self, wanted: Filter) -> tuple[int, list[Device]]: ...
+
+    async def trigger(
+        self,
+        subsystems: Sequence[str],
+        action: str,
+        devices: Sequence[str] | None = None,
+        uuid: str | None = None,
+    ) -> tuple[str, int]: ...
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -84,12 +96,22 @@ Authorize = Callable[[str, str], Awaitable[None]]
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 
 
-def track_callers(bus: MessageBus) -> None:
-    """Make each method call's sender available to :func:`caller` (install once per bus)."""
+def track_callers(bus: MessageBus, interface: ServiceInterface) -> None:
+    """Make each method call's sender available to :func:`caller`, and answer a call of one of
+    ``interface``'s methods with other arguments than its own with InvalidArgs (dbus-fast would
+    say UnknownMethod). Install once per bus."""
+    signatures = {m.name: m.in_signature for m in interface.introspect().methods}
 
     def remember(msg: Message) -> None:
-        if msg.message_type is MessageType.METHOD_CALL and msg.path == names.OBJECT_PATH:
-            _caller.set(msg.sender or "")
+        if msg.message_type is not MessageType.METHOD_CALL or msg.path != names.OBJECT_PATH:
+            return
+        wanted = signatures.get(msg.member or "")
+        if msg.interface == names.INTERFACE and wanted is not None and msg.signature != wanted:
+            raise DBusError(
+                names.ERROR_INVALID_ARGS,
+                f"{msg.member} takes ({wanted}), not ({msg.signature})",
+            )
+        _caller.set(msg.sender or "")
 
     bus.add_message_handler(remember)
 
@@ -122,8 +144,9 @@ def named_errors(method: F) -> F:
 class BrokerInterface(ServiceInterface):
     """``org.pnp.Broker1``: the contract in dbus/org.pnp.Broker1.xml."""
 
-    #: Properties that send PropertiesChanged; the others say so with EmitsChangedSignal=false.
-    emitting_properties: frozenset[str] = frozenset()
+    #: Properties that send PropertiesChanged; the others say so with EmitsChangedSignal=false
+    #: (LastSequence would double the bus traffic: it changes with every event; see the XML).
+    emitting_properties: frozenset[str] = frozenset({"Paused"})
 
     def __init__(self, core: Core, authorize: Authorize) -> None:
         super().__init__(names.INTERFACE)
@@ -168,25 +191,47 @@ class BrokerInterface(ServiceInterface):
 
     @dbus_method()
     @named_errors
+    async def GetDevices(
+        self, filter: Annotated[dict[str, Variant], DBusSignature("a{sv}")]
+    ) -> Annotated[list[Any], DBusSignature("ta(ssa{ss})")]:
+        wanted = device_filter(filter)
+        sequence, entries = await self.core.device_snapshot(wanted)
+        rows: DeviceRows = [device_row(entry) for entry in entries]
+        return [sequence, rows]
+
+    @dbus_method()
+    @named_errors
     async def Trigger(
         self, options: Annotated[dict[str, Variant], DBusSignature("a{sv}")]
     ) -> Annotated[list[Any], DBusSignature("su")]:
+        request = trigger_options(options)
         await self.authorize(caller(), names.ACTION_TRIGGER)
-        subsystems, action = trigger_options(options)
-        uuid, count = await self.core.trigger(subsystems, action)
+        uuid, count = await self.core.trigger(
+            request.subsystems, request.action, request.devices, request.uuid
+        )
         return [uuid, count]
 
     @dbus_method()
     @named_errors
     async def Pause(self) -> Nothing:
         await self.authorize(caller(), names.ACTION_CONTROL)
-        self.core.pause()
+        self._set_paused(True)
 
     @dbus_method()
     @named_errors
     async def Resume(self) -> Nothing:
         await self.authorize(caller(), names.ACTION_CONTROL)
-        self.core.resume()
+        self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> None:
+        """Pause or resume; PropertiesChanged when Paused changed."""
+        if paused == self.core.paused:
+            return
+        if paused:
+            self.core.pause()
+        else:
+            self.core.resume()
+        self.emit_properties_changed({"Paused": self.core.paused})
 
     @dbus_method()
     @named_errors

@@ -10,19 +10,25 @@ same bodies on the other side (a test holds the two together). Strings are made 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 from dbus_fast import Message, Variant
 
+from pnpbroker.client.model import Filter
+from pnpbroker.client.table import Device
 from pnpbroker.journal import Record
 from pnpbroker.outcome import Json, Outcome
-from pnpbroker.uevent import dbus_safe
+from pnpbroker.uevent import dbus_safe, valid_utf8
 
 #: The Event signal, and one row of GetEvents: sequence, action, subsystem, devpath,
 #: properties, handler (the outcome).
 EVENT_SIGNATURE: Final = "tsssa{ss}a{sv}"
 #: The EventsLost signal: after_sequence, resync_uuid.
 LOST_SIGNATURE: Final = "ts"
+#: One row of GetDevices: devpath, subsystem, properties.
+DEVICE_SIGNATURE: Final = "ssa{ss}"
 #: The type of each key of the Event's ``handler`` (an :class:`Outcome` in JSON form): written
 #: out, never guessed from the Python value.
 OUTCOME_SIGNATURES: Final[Mapping[str, str]] = {
@@ -59,9 +65,7 @@ def _variant(signature: str, value: Any) -> Variant:
 def event_body(record: Record) -> list[Any]:
     """The body of an Event signal, and one row of GetEvents."""
     event = record.event
-    props = dict(event.properties)
-    if not ("".join(props.values()).isascii() and "".join(props).isascii()):
-        props = {dbus_safe(key): dbus_safe(value) for key, value in props.items()}
+    props = dict(valid_utf8(event.properties))
     return [
         record.sequence,
         dbus_safe(event.action),
@@ -77,17 +81,81 @@ def lost_body(after: int, resync_uuid: str) -> list[Any]:
     return [after, resync_uuid]
 
 
-def trigger_options(options: Mapping[str, Variant]) -> tuple[list[str], str]:
-    """``subsystems`` (as) and ``action`` (s) from Trigger's options; ValueError otherwise."""
-    unknown = set(options) - {"subsystems", "action"}
+@dataclass(frozen=True)
+class TriggerRequest:
+    """Trigger's options: which devices (all, or those of ``subsystems``, or exactly
+    ``devices``), the action, and the SYNTH_UUID (None: a fresh one)."""
+
+    subsystems: tuple[str, ...] = ()
+    action: str = "add"
+    devices: tuple[str, ...] | None = None
+    uuid: str | None = None
+
+
+#: Trigger's options and their signatures.
+TRIGGER_OPTIONS: Final[Mapping[str, str]] = {
+    "subsystems": "as",
+    "action": "s",
+    "devices": "as",
+    "uuid": "s",
+}
+#: GetDevices' filter keys and their signatures.
+DEVICE_FILTER: Final[Mapping[str, str]] = {
+    "subsystem": "as",
+    "devtype": "as",
+    "devpath": "s",
+    "properties": "a{ss}",
+}
+
+
+def _checked(options: Mapping[str, Variant], known: Mapping[str, str]) -> dict[str, Any]:
+    """The options' values, each of its documented signature; ValueError names what is wrong."""
+    unknown = set(options) - set(known)
     if unknown:
         raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    subsystems, action = options.get("subsystems"), options.get("action")
-    if subsystems is not None and subsystems.signature != "as":
-        raise ValueError(f"subsystems must be as, not {subsystems.signature}")
-    if action is not None and action.signature != "s":
-        raise ValueError(f"action must be s, not {action.signature}")
-    return (list(subsystems.value) if subsystems else []), (action.value if action else "add")
+    for key, variant in options.items():
+        if variant.signature != known[key]:
+            raise ValueError(f"{key} must be {known[key]}, not {variant.signature}")
+    return {key: variant.value for key, variant in options.items()}
+
+
+def trigger_options(options: Mapping[str, Variant]) -> TriggerRequest:
+    """Trigger's ``a{sv}`` as a request; ValueError (InvalidArgs) when it is not one."""
+    values = _checked(options, TRIGGER_OPTIONS)
+    devices = values.get("devices")
+    for devpath in devices or ():
+        if not devpath.startswith("/devices/") or "/../" in f"{devpath}/":
+            raise ValueError(f"devices: not a devpath: {devpath!r}")
+    return TriggerRequest(
+        tuple(values.get("subsystems", ())),
+        values.get("action", "add"),
+        None if devices is None else tuple(devices),
+        values.get("uuid"),
+    )
+
+
+def device_filter(options: Mapping[str, Variant]) -> Filter:
+    """GetDevices' ``a{sv}`` as a filter; ValueError (InvalidArgs) when it is not one."""
+    values = _checked(options, DEVICE_FILTER)
+    devpath = values.get("devpath", "")
+    if devpath and not devpath.startswith("/"):
+        raise ValueError(f"devpath must start with /: {devpath!r}")
+    properties = values.get("properties", {})
+    if "" in properties:
+        raise ValueError("properties: empty key")
+    return Filter(
+        (),
+        tuple(values.get("subsystem", ())),
+        tuple(values.get("devtype", ())),
+        devpath or None,
+        MappingProxyType(dict(properties)),
+    )
+
+
+def device_row(entry: Device) -> tuple[str, str, Mapping[str, str]]:
+    """One row of GetDevices: devpath, subsystem, properties (the table holds valid UTF-8
+    already: :func:`pnpbroker.uevent.valid_utf8` at the fold and the scan)."""
+    return entry.devpath, entry.subsystem, entry.properties
 
 
 def to_bus_daemon(member: str, signature: str = "", body: list[Any] | None = None) -> Message:

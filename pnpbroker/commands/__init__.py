@@ -15,7 +15,17 @@ from types import ModuleType
 from typing import NoReturn
 
 from pnpbroker import __version__
-from pnpbroker.commands import fleet_monitor, forward, install, monitor, run, trigger
+from pnpbroker.commands import (
+    control,
+    fleet_monitor,
+    forward,
+    info,
+    install,
+    monitor,
+    run,
+    settle,
+    trigger,
+)
 from pnpbroker.contract import ExitCode, exit_codes_text
 
 #: Each subcommand's module: ``HELP``, ``add_arguments(parser)``, ``main(args) -> int``.
@@ -23,7 +33,10 @@ COMMANDS: dict[str, ModuleType] = {
     "run": run,
     "install": install,
     "trigger": trigger,
+    "settle": settle,
     "monitor": monitor,
+    "info": info,
+    "control": control,
     "forward": forward,
     "fleet-monitor": fleet_monitor,
 }
@@ -51,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(sub)
         sub.set_defaults(main=module.main)
     return parser
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's own parser, by name (for the man pages and the shell completion)."""
+    found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(found[0].choices)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """``pnpbroker monitor``: like ``udevadm monitor``, but over the bus and for any user.
 
-A thin front end over :mod:`pnpbroker.client` (the same module as ``examples/pnpclient.py``):
-it only parses options and formats what the subscription yields. One line per event; with
-``--property`` every key follows; ``--json`` prints one object per line for ``jq``.
+A thin front end over :mod:`pnpbroker.client` (the same package as ``examples/pnpclient``):
+it only parses options and formats what the subscription yields. One line per event (with
+``--enumerate``, one per present device first); with ``--property`` every key follows;
+``--json`` prints one object per line for ``jq``; ``--timestamp`` adds when it was received.
 """
 
 from __future__ import annotations
@@ -13,18 +14,20 @@ import contextlib
 import json
 import os
 import sys
+import time
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from pnpbroker.client import (
     BrokerReset,
     ClientError,
     ConnectionLost,
+    Device,
     Event,
     EventsLost,
     Item,
     JournalGap,
     Outcome,
-    subscribe,
 )
 from pnpbroker.contract import STOP_SIGNALS, ExitCode
 
@@ -40,14 +43,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument(
-        "-s", "--subsystem", action="append", metavar="NAME", help="only this subsystem (repeat)"
+        "-s",
+        "--subsystem",
+        "--subsystem-match",
+        action="append",
+        metavar="SUBSYSTEM[/DEVTYPE]",
+        help="only this subsystem, and DEVTYPE if given (repeat: any of them)",
     )
     parser.add_argument(
         "-a", "--action", action="append", metavar="ACTION", help="only this action (repeat)"
     )
-    parser.add_argument("--devpath", metavar="PREFIX", help="only devices under this devpath")
     parser.add_argument(
+        "--devpath", metavar="DEVPATH", help="only the device at DEVPATH and those below it"
+    )
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
         "--since", type=int, metavar="SEQ", help="first replay journalled events after SEQ"
+    )
+    start.add_argument(
+        "-e",
+        "--enumerate",
+        action="store_true",
+        help="first the devices present (the broker's table), then every change to them",
+    )
+    parser.add_argument(
+        "-T",
+        "--timestamp",
+        action="store_true",
+        help="print when each line was received (CLOCK_MONOTONIC seconds, as udevadm monitor)",
     )
     parser.add_argument("--bus-address", help="D-Bus address (default: the system bus)")
 
@@ -72,25 +95,46 @@ def _paint(text: str, code: str | None, colour: bool) -> str:
     return f"\033[{code}m{text}\033[0m" if colour and code else text
 
 
-def format_text(item: Item, *, properties: bool, colour: bool) -> str:
-    """The human form: ``SEQUENCE ACTION DEVPATH (SUBSYSTEM) OUTCOME`` (+ keys)."""
+def format_text(
+    item: Item, *, properties: bool, colour: bool, timestamp: float | None = None
+) -> str:
+    """The human form: ``SEQUENCE ACTION DEVPATH (SUBSYSTEM) OUTCOME`` (+ keys); a present
+    device (``--enumerate``) as ``- present DEVPATH (SUBSYSTEM)``; ``[SECONDS]`` first with
+    a timestamp."""
+    stamp = "" if timestamp is None else f"[{timestamp:.6f}] "
     if isinstance(item, EventsLost):
         uuid = f", resync {item.resync_uuid}" if item.resync_uuid else ""
-        return _paint(f"EVENTS LOST after sequence {item.after_sequence}{uuid}", "1;31", colour)
-    action = _paint(f"{item.action:<8}", _COLOURS.get(item.action), colour)
-    failed = item.handler is not None and not item.handler.ok
-    outcome = _paint(describe(item.handler), "31" if failed else None, colour)
-    line = f"{item.sequence:>8} {action} {item.devpath} ({item.subsystem}) {outcome}"
+        lost = f"EVENTS LOST after sequence {item.after_sequence}{uuid}"
+        return stamp + _paint(lost, "1;31", colour)
+    if isinstance(item, Device):
+        line = f"{'-':>8} {_paint('present ', '1', colour)} {item.devpath} ({item.subsystem})"
+    else:
+        action = _paint(f"{item.action:<8}", _COLOURS.get(item.action), colour)
+        failed = item.handler is not None and not item.handler.ok
+        outcome = _paint(describe(item.handler), "31" if failed else None, colour)
+        line = f"{item.sequence:>8} {action} {item.devpath} ({item.subsystem}) {outcome}"
     if properties:
         keys = "".join(f"{key}={value}\n" for key, value in item.properties.items())
         line = f"{line}\n{keys}"
-    return line
+    return stamp + line
 
 
-def as_json(item: Item) -> dict[str, Any]:
-    """The JSON form: the signal's fields by name, plus the kernel's seqnum."""
+def as_json(item: Item, timestamp: float | None = None) -> dict[str, Any]:
+    """The JSON form: the signal's fields by name, plus the kernel's seqnum; a present device
+    as ``{"device": {...}}``; ``timestamp`` (seconds) when asked for."""
+    found = _json(item)
+    if timestamp is not None:
+        found["timestamp"] = round(timestamp, 6)
+    return found
+
+
+def _json(item: Item) -> dict[str, Any]:
     if isinstance(item, EventsLost):
         return {"events_lost": {"after_sequence": item.after_sequence, "uuid": item.resync_uuid}}
+    if isinstance(item, Device):
+        fields = ("devpath", "subsystem", "sequence")
+        device: dict[str, Any] = {name: getattr(item, name) for name in fields}
+        return {"device": {**device, "properties": dict(item.properties)}}
     return {
         "sequence": item.sequence,
         "action": item.action,
@@ -106,29 +150,56 @@ def _use_colour(out: TextIO) -> bool:
     return out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
-def _announce(position: int | None) -> None:
+def _announce(position: int | None, enumerate: bool) -> None:
     """One line on stderr once subscribed: from here on nothing is missed."""
-    where = "the broker is not running; waiting" if position is None else f"after {position}"
+    if enumerate:
+        where = "after the devices present"
+    elif position is None:
+        where = "the broker is not running; waiting"
+    else:
+        where = f"after {position}"
     print(f"pnpbroker monitor: listening for events {where}", file=sys.stderr, flush=True)
 
 
+def subsystem_matches(specs: Sequence[str] | None) -> tuple[list[str], list[tuple[str, str]]]:
+    """``-s SUBSYSTEM[/DEVTYPE]`` arguments: the subsystems, and each (subsystem, devtype)."""
+    pairs = [tuple(spec.split("/", 1)) if "/" in spec else (spec, "") for spec in specs or ()]
+    return list(dict.fromkeys(s for s, _ in pairs)), [(s, d) for s, d in pairs]
+
+
+def _pair_matches(item: Item, pairs: list[tuple[str, str]]) -> bool:
+    """Whether an item is of one of the SUBSYSTEM/DEVTYPE pairs (EventsLost always is)."""
+    if not pairs or isinstance(item, EventsLost):
+        return True
+    devtype = item.properties.get("DEVTYPE")
+    return any(item.subsystem == s and (not d or devtype == d) for s, d in pairs)
+
+
+def _render(args: argparse.Namespace, item: Item, colour: bool) -> str:
+    stamp = time.monotonic() if args.timestamp else None
+    if args.json:
+        return json.dumps(as_json(item, stamp), ensure_ascii=False)
+    return format_text(item, properties=args.property, colour=colour, timestamp=stamp)
+
+
 async def _print_events(args: argparse.Namespace, out: TextIO) -> None:
+    from pnpbroker.client import subscribe
+
     colour = _use_colour(out)
+    subsystems, pairs = subsystem_matches(args.subsystem)
     events = subscribe(
         action=args.action,
-        subsystem=args.subsystem,
+        subsystem=subsystems,
         devpath=args.devpath,
         after=args.since,
+        enumerate=args.enumerate,
         address=args.bus_address,
     )
     async with events:
-        _announce(events.position)
+        _announce(events.position, args.enumerate)
         async for item in events:
-            if args.json:
-                text = json.dumps(as_json(item), ensure_ascii=False)
-            else:
-                text = format_text(item, properties=args.property, colour=colour)
-            print(text, file=out, flush=True)
+            if _pair_matches(item, pairs):
+                print(_render(args, item, colour), file=out, flush=True)
 
 
 async def _until_signalled(args: argparse.Namespace, out: TextIO) -> None:
@@ -144,6 +215,9 @@ async def _until_signalled(args: argparse.Namespace, out: TextIO) -> None:
 
 def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``pnpbroker monitor``: 0 when stopped by a signal, 1 if events cannot be delivered."""
+    if args.enumerate and args.action:
+        print("pnpbroker monitor: --enumerate follows every action", file=sys.stderr)
+        return ExitCode.USAGE
     try:
         asyncio.run(_until_signalled(args, out))
     except (JournalGap, BrokerReset) as exc:

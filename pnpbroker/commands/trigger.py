@@ -1,33 +1,51 @@
-"""``pnpbroker trigger``: coldplug (:mod:`pnpbroker.coldplug`), with ``--settle`` waiting for the
-broker to publish every event it caused (:mod:`pnpbroker.settle`). The messages are here."""
+"""``pnpbroker trigger``: coldplug (:mod:`pnpbroker.coldplug`), as ``udevadm trigger`` does.
+
+It chooses the devices itself (sysfs is readable by anyone); root writes their ``uevent``
+files, anyone else asks the broker's Trigger method to (polkit decides). ``--settle`` waits for
+the broker to publish every event it caused (:mod:`pnpbroker.settle`). The messages are here.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 import uuid as uuidlib
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from pnpbroker.coldplug import ACTIONS, InvalidTrigger, TriggerResult, check, trigger, walk
+from pnpbroker.coldplug import (
+    ACTIONS,
+    Device,
+    InvalidTrigger,
+    Match,
+    NoSuchDevice,
+    TriggerResult,
+    check,
+    find,
+    trigger,
+    walk,
+)
 from pnpbroker.contract import ExitCode
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-HELP = "make the kernel re-send devices' add events"
+    from pnpbroker.remote import Remote, RemoteError
+
+HELP = "make the kernel re-send devices' events (coldplug); any user, through the broker"
 DEFAULT_TIMEOUT = 120.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-s",
-        "--subsystem",
-        action="append",
-        default=[],
-        metavar="S",
-        help="only devices of subsystem S (repeatable: any of them); default all devices",
+        "devices",
+        nargs="*",
+        metavar="DEVICE",
+        help="only these devices: a devpath, a /sys path or a /dev node (default: all)",
     )
+    _match_arguments(parser)
     parser.add_argument(
         "-c",
         "--action",
@@ -42,8 +60,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write nothing; print the devpaths that would be triggered",
     )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print the devpath of each device triggered"
+    )
     parser.add_argument("--sysfs", type=Path, default=Path("/sys"), help=argparse.SUPPRESS)
     _settle_arguments(parser)
+
+
+def _match_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-s",
+        "--subsystem",
+        "--subsystem-match",
+        action="append",
+        default=[],
+        metavar="S",
+        help="only devices of subsystem S (repeatable: any of them)",
+    )
+    parser.add_argument(
+        "-y",
+        "--sysname-match",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only devices whose name (the devpath's last part) matches (repeatable: any)",
+    )
+    parser.add_argument(
+        "-a",
+        "--attr-match",
+        action="append",
+        default=[],
+        metavar="ATTR[=GLOB]",
+        help="only devices whose sysfs attribute ATTR exists, or matches GLOB (repeatable: all)",
+    )
+    parser.add_argument(
+        "-b",
+        "--parent-match",
+        action="append",
+        default=[],
+        metavar="DEVICE",
+        help="only DEVICE and the devices below it (repeatable: any)",
+    )
 
 
 def _settle_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,54 +120,139 @@ def _settle_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """0 done, 1 not settled in time, 100 bad arguments, 111 nothing could be written (or no
-    bus to watch for --settle)."""
+    """Print the UUID (and with --verbose or --dry-run the devpaths); 0 done, 1 not settled in
+    time or refused by the broker, 100 bad arguments, 111 nothing could be written (or no bus)."""
     uuid = args.uuid or str(uuidlib.uuid4())
     try:
         check(args.action, uuid)
+        devices = choose(args)
     except InvalidTrigger as exc:
         return _fail(str(exc), ExitCode.USAGE)
+    except NoSuchDevice as exc:
+        return _fail(str(exc), ExitCode.FAILED)
+    if args.verbose or args.dry_run:
+        for device in devices:
+            print(device.devpath)
+    if args.dry_run:
+        return ExitCode.OK
+    if os.geteuid() == 0:
+        code = _locally(args, devices, uuid)
+    else:
+        code = _through_broker(args, devices, uuid)
+    if code == ExitCode.OK:
+        print(uuid, flush=True)
+    return code
+
+
+def choose(args: argparse.Namespace) -> list[Device]:
+    """The devices named, or all (of the subsystems), that pass the matches; NoSuchDevice."""
+    sysfs = args.sysfs
+    if args.devices:
+        named = [find(sysfs, path) for path in args.devices]
+        found = [d for d in named if not args.subsystem or d.subsystem in args.subsystem]
+    else:
+        found = list(walk(sysfs, args.subsystem))
+    attrs = [_attr(spec) for spec in args.attr_match]
+    parents = tuple(find(sysfs, path).devpath for path in args.parent_match)
+    match = Match(tuple(args.sysname_match), tuple(attrs), parents)
+    return [device for device in found if match(device)]
+
+
+def _attr(spec: str) -> tuple[str, str | None]:
+    """ATTR[=GLOB] as (ATTR, GLOB or None)."""
+    name, sep, glob = spec.partition("=")
+    return name, glob if sep else None
+
+
+def _locally(args: argparse.Namespace, devices: list[Device], uuid: str) -> int:
+    """As root: write the uevent files ourselves."""
     with _TerminalProgress(sys.stderr) as progress:
-        run = _runner(args, uuid, progress if progress.enabled else None)
-        done = _settled(args, uuid, run) if args.settle and not args.dry_run else run()
-    if isinstance(done, TriggerResult):
-        return _report(done)
-    return _fail(*done)
+
+        def run() -> TriggerResult:
+            shown = progress if progress.enabled else None
+            return trigger(devices, args.action, uuid, progress=shown)
+
+        if not args.settle:
+            return _report(run())
+        done = _settling(lambda _remote: asyncio.to_thread(run), _written, args, uuid)
+    return done if isinstance(done, int) else _report(done)
 
 
-def _runner(
-    args: argparse.Namespace, uuid: str, progress: Callable[[int], None] | None
-) -> Callable[[], TriggerResult]:
-    def run() -> TriggerResult:
-        devices = walk(args.sysfs, args.subsystem)
-        return trigger(devices, args.action, uuid, dry_run=args.dry_run, progress=progress)
-
-    return run
+def _written(result: TriggerResult) -> int:
+    return result.written
 
 
-def _settled(
-    args: argparse.Namespace, uuid: str, run: Callable[[], TriggerResult]
-) -> TriggerResult | tuple[str, ExitCode]:
-    """Trigger and wait for the broker; the result, or what went wrong and the exit code."""
-    import asyncio
+def _through_broker(args: argparse.Namespace, devices: list[Device], uuid: str) -> int:
+    """Not root: the broker writes them, if polkit lets us (org.pnp.Broker.trigger)."""
+    from dbus_fast import Variant
 
+    options = {
+        "devices": Variant("as", [device.devpath for device in devices]),
+        "action": Variant("s", args.action),
+        "uuid": Variant("s", uuid),
+    }
+
+    async def run(remote: Remote) -> list[Any]:
+        return await remote.call("Trigger", "a{sv}", [options])
+
+    def written(reply: list[Any]) -> int:
+        return int(reply[1])
+
+    done = _settling(run, written, args, uuid) if args.settle else _once(run, args)
+    if isinstance(done, int):
+        return done
+    if written(done) < len(devices):
+        gone = len(devices) - written(done)
+        print(f"pnpbroker trigger: warning: {gone} devices refused or gone", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _once(run: Callable[[Remote], Any], args: argparse.Namespace) -> Any:
+    """One call over the bus: its result, or the exit code after the message."""
+    from pnpbroker.remote import Remote, RemoteError
+
+    async def call() -> Any:
+        remote = await Remote.connect(args.bus_address)
+        try:
+            return await run(remote)
+        finally:
+            remote.close()
+
+    try:
+        return asyncio.run(call())
+    except RemoteError as exc:
+        return _refused(exc)
+    except OSError as exc:
+        return _fail(f"cannot reach the broker on the bus: {exc}", ExitCode.SYSTEM)
+
+
+def _settling(
+    run: Callable[[Remote], Any], written: Callable[[Any], int], args: argparse.Namespace, uuid: str
+) -> Any:
+    """Trigger and wait for the broker; the result, or the exit code after the message."""
+    from pnpbroker.remote import RemoteError
     from pnpbroker.settle import NotSettled, settle
 
     try:
-        result, _ = asyncio.run(settle(run, uuid, args.bus_address, args.timeout))
+        result, _ = asyncio.run(settle(run, written, uuid, args.bus_address, args.timeout))
     except NotSettled as exc:
-        return str(exc), ExitCode.FAILED
+        return _fail(str(exc), ExitCode.FAILED)
+    except RemoteError as exc:
+        return _refused(exc)
     except (OSError, EOFError) as exc:
-        return f"cannot watch the broker on the bus: {exc}", ExitCode.SYSTEM
+        return _fail(f"cannot watch the broker on the bus: {exc}", ExitCode.SYSTEM)
     return result
+
+
+def _refused(exc: RemoteError) -> int:
+    if exc.not_running:
+        return _fail(f"the broker is not running: {exc}", ExitCode.SYSTEM)
+    return _fail(f"the broker refused: {exc}", ExitCode.FAILED)
 
 
 def _report(result: TriggerResult) -> int:
     for failure in result.failed:
         print(f"pnpbroker trigger: warning: {failure}", file=sys.stderr)
-    if result.dry_run:
-        for device in result.devices:
-            print(device.devpath)
     if result.devices and len(result.failed) == len(result.devices):
         return ExitCode.SYSTEM
     return ExitCode.OK

@@ -17,12 +17,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from pnpbroker.client.model import Filter
+from pnpbroker.client.table import Device
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
 from pnpbroker.core.feed import Feed
 from pnpbroker.core.publisher import Publisher
 from pnpbroker.core.reader import Reader
 from pnpbroker.core.sequencer import Sequencer
+from pnpbroker.core.table import DeviceSink
 from pnpbroker.errors import RebroadcastError
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import ProgramRunner, make_mode
@@ -30,6 +33,7 @@ from pnpbroker.notify import sd_notify
 from pnpbroker.rebroadcast import Rebroadcaster
 from pnpbroker.resync import Resync, trigger_in_thread
 from pnpbroker.sources import Source
+from pnpbroker.sysfs import scan
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +71,14 @@ class Pipeline:
         self.runner = ProgramRunner(config.timeout, config.kill_grace)
         self.sequencer = Sequencer(journal, make_mode(config, self.runner), self._handled)
         self.publisher = Publisher(journal)
+        self.devices = DeviceSink(journal, scan)
         self.rebroadcaster = self._rebroadcaster(config)
         self.feed = (
             Feed(Path(config.forward_socket), config.forward_group, journal)
             if (config.forward_socket)
             else None
         )
-        self.sinks: list[Sink] = [self.publisher, *self._extra_sinks()]
+        self.sinks: list[Sink] = self._sinks()
         self.resync = Resync()
         self.reader = Reader(
             source,
@@ -99,9 +104,19 @@ class Pipeline:
     def oldest_sequence(self) -> int:
         return self.journal.oldest
 
-    async def trigger(self, subsystems: Sequence[str], action: str) -> tuple[str, int]:
+    async def device_snapshot(self, wanted: Filter) -> tuple[int, list[Device]]:
+        """GetDevices: the table's sequence and the devices that match (once it is current)."""
+        return await self.devices.snapshot(wanted)
+
+    async def trigger(
+        self,
+        subsystems: Sequence[str],
+        action: str,
+        devices: Sequence[str] | None = None,
+        uuid: str | None = None,
+    ) -> tuple[str, int]:
         """Coldplug (Trigger method): the SYNTH_UUID and how many events the kernel will send."""
-        result = await trigger_in_thread(subsystems, action)
+        result = await trigger_in_thread(subsystems, action, uuid, devices=devices)
         return result.uuid, result.written
 
     @property
@@ -132,9 +147,11 @@ class Pipeline:
             return None
         return Rebroadcaster(config.rebroadcast, self.journal, self.stats)
 
-    def _extra_sinks(self) -> list[Sink]:
-        sinks: list[Sink | None] = [self.rebroadcaster, self.feed]
-        return [sink for sink in sinks if sink is not None]
+    def _sinks(self) -> list[Sink]:
+        """The publish queue first, then the device table, the re-broadcast and the fleet feed
+        if any."""
+        extra: list[Sink | None] = [self.rebroadcaster, self.feed]
+        return [self.publisher, self.devices, *(sink for sink in extra if sink is not None)]
 
     # What the stages hand up.
     def _handled(self) -> None:
@@ -199,7 +216,7 @@ class Pipeline:
             if self.rebroadcaster is not None:
                 self.rebroadcaster.close()
             self.rebroadcaster = rebroadcaster
-            self.sinks = [self.publisher, *self._extra_sinks()]
+            self.sinks = self._sinks()
         for key in RESTART_KEYS:
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
@@ -259,6 +276,7 @@ class Pipeline:
         if backlog:
             log.info("resuming: %d journalled events not yet published", backlog)
         self.reader.start()
+        self.devices.start()
         stages = [
             loop.create_task(self.sequencer.run(), name="sequencer"),
             loop.create_task(self.publisher.run(), name="publisher"),
@@ -289,6 +307,7 @@ class Pipeline:
             log.warning("the link did not take the last events; they are sent at the next start")
 
     def close(self) -> None:
+        self.devices.close()
         self.runner.close()
         if self.rebroadcaster is not None:
             self.rebroadcaster.close()

@@ -137,3 +137,30 @@ class BrokerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+#: Set LISTEN_PID to our own pid, move the socket to fd 3, then exec the broker: what a
+#: service manager does between fork and exec.
+LISTEN_WRAPPER = (
+    "import os, sys\n"
+    "fd = int(sys.argv[1])\n"
+    "if fd != 3:\n"
+    "    os.dup2(fd, 3)\n"
+    "    os.close(fd)\n"
+    "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+class ActivatedBroker(BrokerProcess):
+    """The broker started the socket-activation way, with ``fd`` as its fd 3."""
+
+    def __init__(self, *args: object, fd: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fd = fd
+
+    def argv(self) -> list[str]:
+        prefix = self.netns.exec_prefix() if self.netns is not None else []
+        wrapper = [sys.executable, "-c", LISTEN_WRAPPER, str(self.fd)]
+        rest = super().argv()[len(prefix) :]
+        return [*prefix, *wrapper, *rest]

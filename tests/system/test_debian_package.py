@@ -86,6 +86,21 @@ def test_apt_install_leaves_the_broker_running(deb_machine: Machine) -> None:
     assert helper.returncode == 100  # installed and runnable: usage error without argv[1]
 
 
+def test_the_package_has_the_manual_and_the_completion_and_a_user_reads_the_table(
+    deb_machine: Machine,
+) -> None:
+    for path in ("/usr/share/man/man8/pnpbroker.8.gz", "/usr/share/man/man8/pnpbroker-info.8.gz",
+                 "/usr/share/bash-completion/completions/pnpbroker"):  # fmt: skip
+        deb_machine.run(["test", "-s", path])
+    loaded = deb_machine.run(
+        "bash -c '. /usr/share/bash-completion/completions/pnpbroker && complete -p pnpbroker'"
+    )
+    assert loaded.stdout.strip() == "complete -F _pnpbroker pnpbroker"
+    entry = deb_machine.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                             "pnpbroker", "info", "/sys/class/net/lo"])  # fmt: skip
+    assert entry.stdout.splitlines()[:3] == ["P: /devices/virtual/net/lo", "M: lo", "U: net"]
+
+
 def test_apt_remove_stops_the_broker(deb_machine: Machine) -> None:
     deb_machine.run(["apt-get", "remove", "-y", "-qq", "pnpbroker"])
     for unit in ("pnpbroker.service", "pnpbroker.socket"):

@@ -1,1 +1,0 @@
-../pnpbroker/client.py
