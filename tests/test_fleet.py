@@ -11,6 +11,7 @@ that each host's sequence arrives whole and in order, and that the test's links 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from support.broker import BrokerProcess
 from support.bus import SystemBus
-from support.fleet import FleetMonitorProcess, Line, sequences, write_toml
+from support.fleet import FleetMonitorProcess, Line, retained, sequences, write_toml
 from support.mosquitto import CertificateAuthority, Mosquitto, TlsFiles
 from support.netns import NetNS
 
@@ -153,6 +154,40 @@ def test_mosquitto_stopped_mid_burst(fleet: Fleet) -> None:
         fleet.mqtt.start()
         monitor.wait_for(links_seen(names))
         assert_whole(monitor)
+
+
+def settled(fleet: Fleet, monitor: FleetMonitorProcess) -> None:
+    """Until everything the forwarder was sent so far is published: a new link's event came."""
+    name = f"fs{len(monitor.events)}"
+    fleet.netns.add_ifbs([name])
+    monitor.wait_for(links_seen([name]))
+
+
+def test_devices_retained_and_cleared_on_remove(fleet: Fleet) -> None:
+    topic = f"pnpbroker/{HOST}/devices/devices/virtual/net/"
+    with fleet.monitor() as monitor, fleet.forwarder():
+        names = fleet.netns.burst(5, prefix="fr")
+        settled(fleet, monitor)
+        devices = retained(fleet.netns, fleet.mqtt.port, "pnpbroker/+/devices/#")
+        assert topic + "lo" in devices  # from the table's sysfs scan
+        for name in names:
+            entry = json.loads(devices[topic + name])
+            assert entry["devpath"] == f"/devices/virtual/net/{name}"
+            assert entry["properties"]["INTERFACE"] == name
+            assert entry["host"] == HOST
+        fleet.netns.del_group(fleet.netns.last_group)
+        settled(fleet, monitor)
+        devices = retained(fleet.netns, fleet.mqtt.port, "pnpbroker/+/devices/#")
+        assert not [t for t in devices if t.startswith(topic + "fr")], devices
+        assert topic + "lo" in devices
+        later = fleet.netns.burst(3, prefix="fw")
+        settled(fleet, monitor)
+    fleet.netns.del_group(fleet.netns.last_group)  # while no forwarder runs
+    with fleet.monitor() as monitor, fleet.forwarder():
+        monitor.wait_for(links_seen(later, "remove"))
+        settled(fleet, monitor)
+        devices = retained(fleet.netns, fleet.mqtt.port, "pnpbroker/+/devices/#")
+        assert not [t for t in devices if t.startswith(topic + "fw")], devices
 
 
 def test_broker_killed_mid_burst_the_forwarder_sends_nothing_twice(fleet: Fleet) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.fakes import uevent
 
+from pnpbroker.client.table import Device
 from pnpbroker.core.feed import WINDOW, Feed
 from pnpbroker.errors import ConfigError
 from pnpbroker.fleet import frames
@@ -171,3 +172,16 @@ async def test_feed_reports_what_retention_took_and_refuses_bad_acks(
         assert "dropping the forwarder: ack 99 outside 0..30" in caplog.text
     finally:
         feed.close()
+
+
+def test_device_frames_are_retained_messages_outside_the_sequence() -> None:
+    entry = Device("/devices/pci0000:00/usb1/1-2", "usb", {"PRODUCT": "781/5581/100"})
+    message = frames.read(frames.device(entry, "jid"), "h", "jid")
+    assert (message.first, message.last, message.retain) == (0, 0, True)
+    assert message.topic == "devices/devices/pci0000:00/usb1/1-2"
+    assert json.loads(message.payload) == {
+        "host": "h", "sequence": 0, "journal_id": "jid", "devpath": entry.devpath,
+        "subsystem": "usb", "properties": {"PRODUCT": "781/5581/100"},
+    }  # fmt: skip
+    cleared = frames.read(frames.gone(entry.devpath), "h", "jid")
+    assert (cleared.topic, cleared.payload, cleared.retain) == (message.topic, b"", True)

@@ -5,6 +5,12 @@ The broker only reads and writes a unix socket here: no network, no TLS, no MQTT
 ``WINDOW`` events are written and not yet acknowledged, so a stalled forwarder (or its stalled
 MQTT broker) costs a bounded buffer and nothing else: the journal keeps the rest, the cursor
 stays where the MQTT broker's last acknowledgement put it. Writes never wait.
+
+The device table's state goes the same way, retained and outside the sequence: every device
+when a forwarder connects and when the table is read from sysfs again, then each change as the
+table makes it (a watcher of :class:`~pnpbroker.client.table.DeviceTable`). A device removed
+while no forwarder was connected is cleared when its ``remove`` event is sent again from the
+cursor, if it is still gone.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import os
 import stat
 from pathlib import Path
 
+from pnpbroker.client.table import Device, DeviceTable
 from pnpbroker.errors import ConfigError
 from pnpbroker.fleet import frames
-from pnpbroker.journal import Journal
+from pnpbroker.journal import Journal, Record
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,9 @@ class Feed:
         journal.holds_for_forwarder = True
         self.through = journal.handled
         self.sent = journal.forwarded
+        self.table: DeviceTable | None = None
+        self._snapshot_at = 0  # the table's sequence when the devices were last sent whole
+        self._sent_devices: set[str] = set()
         self._server: asyncio.base_events.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._again: asyncio.Handle | None = None
@@ -61,6 +71,36 @@ class Feed:
             self.path.chmod(0o660)
         log.info("fleet feed on %s, from sequence %d", self.path, self.journal.forwarded + 1)
 
+    def watch(self, table: DeviceTable) -> None:
+        """Send ``table``'s devices (retained) to the forwarder too."""
+        self.table = table
+        table.watchers.append(self)
+
+    # The table's Watcher protocol.
+    def changed(self, sequence: int, devpath: str, device: Device | None) -> None:
+        if self._writer is None:
+            return
+        if device is None:
+            self._sent_devices.discard(devpath)
+            self._writer.write(frames.gone(devpath))
+        else:
+            self._sent_devices.add(devpath)
+            self._writer.write(frames.device(device, self.journal.id))
+
+    def replaced(self, sequence: int) -> None:
+        if self._writer is not None:
+            self._send_devices(self._writer)
+
+    def _send_devices(self, writer: asyncio.StreamWriter) -> None:
+        """Every device, and a clear for those sent before that are gone."""
+        if self.table is None:
+            return
+        now = {device.devpath for device in self.table}
+        lines = [frames.gone(devpath) for devpath in sorted(self._sent_devices - now)]
+        lines += [frames.device(device, self.journal.id) for device in self.table]
+        writer.write(b"".join(lines))
+        self._sent_devices, self._snapshot_at = now, self.table.sequence
+
     # The Sink protocol.
     def advance(self, through: int) -> None:
         self.through = max(self.through, through)
@@ -79,6 +119,8 @@ class Feed:
         self._writer, self.sent = writer, self.journal.forwarded
         log.info("fleet forwarder connected; sending from sequence %d", self.sent + 1)
         writer.write(frames.hello(self.journal.id))
+        self._sent_devices = set()
+        self._send_devices(writer)
         self._send_some()
         try:
             while line := await reader.readline():
@@ -111,12 +153,25 @@ class Feed:
         if first > self.sent + 1:  # retention took them before the forwarder did
             writer.write(frames.lost(self.sent + 1, first - 1))
             self.sent = first - 1
-        journal_id = self.journal.id
-        writer.write(b"".join(frames.event(record, journal_id) for record in records))
+        writer.write(b"".join(map(self._lines, records)))
         if records:
             self.sent = records[-1].sequence
         if self.sent < self.through:
             self._again = asyncio.get_running_loop().call_soon(self._send_some)
+
+    def _lines(self, record: Record) -> bytes:
+        """An event's line; for a ``remove`` from before the devices were last sent whole, a
+        clear of that device if it is still gone (later ones were cleared as they happened)."""
+        line = frames.event(record, self.journal.id)
+        event, table = record.event, self.table
+        if (
+            table is not None
+            and event.action == "remove"
+            and record.sequence <= self._snapshot_at
+            and event.devpath not in table
+        ):
+            line += frames.gone(event.devpath)
+        return line
 
     def close(self) -> None:
         if self._again is not None:

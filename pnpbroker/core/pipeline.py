@@ -78,6 +78,8 @@ class Pipeline:
             if (config.forward_socket)
             else None
         )
+        if self.feed is not None:
+            self.feed.watch(self.devices.table)
         self.sinks: list[Sink] = self._sinks()
         self.resync = Resync()
         self.reader = Reader(

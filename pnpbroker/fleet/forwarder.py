@@ -134,6 +134,10 @@ class Forwarder:
                 self._take(frames.read(line, self.cfg.host, journal_id))
 
     def _take(self, message: frames.Message) -> None:
+        if message.retain:  # a device's state: no place in the sequence, nothing to ack
+            user = [("journal_id", self.journal_id)]
+            self.mqtt.publish(self.base + message.topic, message.payload, retain=True, user=user)
+            return
         self.seen = message.last
         if message.last <= self.submitted:  # sent again after a broker restart: paho has it
             self._write_ack()

@@ -4,6 +4,8 @@ The broker (``pnpbroker run``) writes one line per journalled event::
 
     event SEQUENCE TOPIC JSON      JSON: the payload without "host" (the forwarder adds it)
     lost FIRST LAST                the journal no longer holds FIRST..LAST: never forwarded
+    device TOPIC JSON              a device's current entry (retained; not in the sequence)
+    gone TOPIC                     the device is no longer there (an empty retained message)
 
 after a first line ``hello VERSION JOURNAL_ID``. The forwarder answers ``ack SEQUENCE`` once its
 MQTT broker acknowledged everything up to SEQUENCE. TOPIC is relative to ``<prefix>/<host>/``.
@@ -15,6 +17,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from pnpbroker.client.table import Device
 from pnpbroker.errors import BrokerError
 from pnpbroker.journal import Record
 from pnpbroker.uevent import dbus_safe
@@ -59,6 +62,28 @@ def event(record: Record, journal_id: str) -> bytes:
     return f"event {record.sequence} {topic} {text}\n".encode()
 
 
+def device_topic(devpath: str) -> str:
+    """``devices/<devpath>``, each level of the devpath made a safe topic level."""
+    return "devices/" + "/".join(level(part) for part in devpath.strip("/").split("/"))
+
+
+def device(entry: Device, journal_id: str) -> bytes:
+    """The ``device`` line of a device table entry (its last event's sequence, 0 if from sysfs)."""
+    payload = {
+        "sequence": entry.sequence,
+        "journal_id": journal_id,
+        "devpath": entry.devpath,
+        "subsystem": entry.subsystem,
+        "properties": dict(entry.properties),
+    }
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return f"device {device_topic(entry.devpath)} {text}\n".encode()
+
+
+def gone(devpath: str) -> bytes:
+    return f"gone {device_topic(devpath)}\n".encode()
+
+
 def lost(first: int, last: int) -> bytes:
     return f"lost {first} {last}\n".encode()
 
@@ -75,6 +100,7 @@ class Message:
     last: int
     topic: str  # relative to <prefix>/<host>/
     payload: bytes
+    retain: bool = False  # device state: retained, outside the sequence (first = last = 0)
 
 
 def with_host(payload: bytes, host: str) -> bytes:
@@ -98,6 +124,11 @@ def read(line: bytes, host: str, journal_id: str) -> Message:
             sequence, topic, payload = rest.split(b" ", 2)
             seq = int(sequence)
             return Message(seq, seq, topic.decode(), with_host(payload, host))
+        if kind == b"device":
+            topic, payload = rest.split(b" ", 1)
+            return Message(0, 0, topic.decode(), with_host(payload, host), retain=True)
+        if kind == b"gone" and rest:
+            return Message(0, 0, rest.decode(), b"", retain=True)
         if kind == b"lost":
             first, last = map(int, rest.split(b" "))
             body = {"host": host, "journal_id": journal_id, "first": first, "last": last}

@@ -126,3 +126,34 @@ def has_through(host: str, last: int) -> Callable[[list[Line]], bool]:
         return any(e["host"] == host and int(e["sequence"]) >= last for e in events)
 
     return check
+
+
+_RETAINED = """
+import json, sys, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+port, topic, marker = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+got = {}
+def on_connect(c, u, f, r, p):
+    c.subscribe([(topic, 1), (marker, 1)])
+def on_subscribe(c, u, mid, reasons, p):
+    c.publish(marker, b"", qos=1)  # comes after every retained message of the subscription
+def on_message(c, u, m):
+    if m.topic == marker:
+        print(json.dumps(got)); c.disconnect()
+    elif m.retain:
+        got[m.topic] = m.payload.decode()
+c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect("127.0.0.1", port)
+c.loop_forever()
+"""
+
+
+def retained(netns: NetNS, port: int, topic: str) -> dict[str, str]:
+    """The retained messages a new subscriber to ``topic`` gets at once (anonymous, in
+    ``netns``): topic -> payload."""
+    marker = "pnpt/marker"
+    argv = [*netns.exec_prefix(), sys.executable, "-c", _RETAINED, str(port), topic, marker]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    found: dict[str, str] = json.loads(done.stdout)
+    return found
