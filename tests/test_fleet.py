@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -95,6 +96,18 @@ def wait_log(process: BrokerProcess, text: str, timeout: float = 60.0, count: in
         if time.monotonic() > deadline or (process.proc and process.proc.poll() is not None):
             raise AssertionError(f"no {text!r} in the log:\n{process.log()}")
         time.sleep(0.1)
+
+
+def wait_journalled(fleet: Fleet, devpaths: str, count: int, timeout: float = 120.0) -> None:
+    """Until the journal holds ``count`` events whose datagram contains ``devpaths``."""
+    deadline = time.monotonic() + timeout
+    sql = "SELECT COUNT(*) FROM events WHERE instr(uevent, ?)"
+    while True:
+        with contextlib.closing(fleet.journal()) as db:
+            if db.execute(sql, (devpaths.encode(),)).fetchone()[0] >= count:
+                return
+        assert time.monotonic() < deadline, f"the journal never held {count} {devpaths} events"
+        time.sleep(0.05)
 
 
 def journalled(fleet: Fleet) -> int:
@@ -192,9 +205,13 @@ def test_devices_retained_and_cleared_on_remove(fleet: Fleet) -> None:
 
 def test_broker_killed_mid_burst_the_forwarder_sends_nothing_twice(fleet: Fleet) -> None:
     with fleet.monitor() as monitor, fleet.forwarder() as forwarder:
-        names = fleet.netns.burst(1000, prefix="fk")
+        assert forwarder.proc is not None
+        forwarder.proc.send_signal(signal.SIGSTOP)  # the burst waits in the journal
+        names = fleet.netns.burst(1500, prefix="fk")
+        wait_journalled(fleet, "/fk", 3 * len(names))  # (a kill loses what its socket holds)
+        forwarder.proc.send_signal(signal.SIGCONT)
         monitor.wait_for(lambda events: len(events) >= 100)
-        fleet.broker.kill()  # its forwarded cursor is saved lazily: it will send some again
+        fleet.broker.kill()  # its forwarded cursor is saved lazily: it sends some again
         fleet.broker.start()
         later = fleet.netns.burst(100, prefix="fl")
         monitor.wait_for(links_seen(names + later))

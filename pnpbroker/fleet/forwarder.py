@@ -13,6 +13,7 @@ between a PUBLISH and its PUBACK; (journal id, sequence) tells them apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Forwarder:
         self.pending: deque[Pending] = deque()
         self.exit_code = ExitCode.OK
         self._stop = asyncio.Event()
+        self._drained = asyncio.Event()  # nothing in flight
         self._feed: asyncio.StreamWriter | None = None
 
     async def run(self) -> ExitCode:
@@ -70,6 +72,8 @@ class Forwarder:
             asyncio.create_task(self.mqtt.run(), name="mqtt"),
             asyncio.create_task(self._follow_feed(), name="feed"),
         ]
+        for task in tasks:
+            task.add_done_callback(self._task_ended)
         sd_notify("READY=1")
         await self._stop.wait()
         tasks[1].cancel()
@@ -78,17 +82,23 @@ class Forwarder:
         await asyncio.gather(*tasks, return_exceptions=True)
         return self.exit_code
 
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """Neither task ends on its own: if one does, stop with 111 for a restart."""
+        if task.cancelled() or self._stop.is_set():
+            return
+        log.error("%s stopped unexpectedly: %r; stopping", task.get_name(), task.exception())
+        self.stop(ExitCode.SYSTEM)
+
     def stop(self, code: ExitCode = ExitCode.OK) -> None:
         self.exit_code = max(self.exit_code, code)
         self._stop.set()
 
     async def _drain(self) -> None:
         """Wait a little for the PUBACKs of what is in flight, so the cursor follows."""
-        for _ in range(int(STOP_SECONDS * 10)):
-            refused = self.exit_code == ExitCode.CONFIG
-            if refused or not self.pending or not self.mqtt.client.is_connected():
-                break
-            await asyncio.sleep(0.1)
+        if self.pending and self.exit_code != ExitCode.CONFIG and self.mqtt.connected.is_set():
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), STOP_SECONDS)
         self._write_ack()
         if self._feed is not None:
             self._feed.close()
@@ -169,14 +179,19 @@ class Forwarder:
                 self.acked, moved = done.message.last, True
         if moved:
             self._write_ack()
+        if not self.pending:
+            self._drained.set()
 
     def _write_ack(self) -> None:
         through = min(self.acked, self.seen)
-        if self._feed is not None and through > self.written:
-            self._feed.write(frames.ack(through))
+        feed = self._feed
+        if feed is not None and not feed.is_closing() and through > self.written:
+            feed.write(frames.ack(through))
             self.written = through
 
     def _refused(self, pending: Pending, reason: ReasonCode) -> None:
+        if self._stop.is_set():  # the first refusal said it
+            return
         topic = self.base + pending.message.topic
         log.error(
             "the MQTT broker refused event %d on %s: %s; stopping, the event stays in the "

@@ -17,7 +17,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -35,7 +35,6 @@ MISC_SECONDS = 1.0
 CLOSE_SECONDS = 5.0
 #: MQTT 5 DISCONNECT reason 4: the server publishes our will (status "offline") as we go.
 WITH_WILL = 4
-UserProperties = list[tuple[str, str]]
 
 
 class Session:
@@ -157,7 +156,7 @@ class Session:
         *,
         token: Any = None,
         retain: bool = False,
-        user: UserProperties = (),  # type: ignore[assignment]
+        user: Sequence[tuple[str, str]] = (),
     ) -> None:
         """QoS 1; kept by paho until acknowledged, whether connected now or not."""
         props = None
