@@ -37,11 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from bench import events, harness
 from bench.measures import Config, Values, ms
+from pnpbroker.fleet.mqtt import UserProperties
 
 if TYPE_CHECKING:
     from support.broker import BrokerProcess
@@ -207,8 +206,8 @@ def _wire(msg: Any) -> int:
 
 def publish(links: int, size: int) -> None:
     """The bare publisher: ready-made QoS 1 messages of ``size`` bytes with the same user
-    properties, as fast as paho sends them (its own network thread) within the server's Receive
-    Maximum; prints its start (CLOCK_MONOTONIC) first."""
+    properties (packed as the forwarder packs them), as fast as paho sends them (its own network
+    thread) within the server's Receive Maximum; prints its start (CLOCK_MONOTONIC) first."""
     client = _client(f"bench-bare-{os.getpid()}")
     client.max_inflight_messages_set(_receive_maximum())
     connected = threading.Event()
@@ -221,8 +220,7 @@ def publish(links: int, size: int) -> None:
     for i, devpath in enumerate(sorted(events.expected_devpaths(links))):
         body = {"sequence": i + 1, "journal_id": journal_id, "action": "add", "devpath": devpath}
         body["pad"] = "x" * max(0, size - len(json.dumps(body)) - 10)
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.UserProperty = [("journal_id", journal_id), ("sequence", str(i + 1))]
+        props = UserProperties([("journal_id", journal_id), ("sequence", str(i + 1))])
         messages.append((json.dumps(body).encode(), props))
     print(time.monotonic(), flush=True)
     topic = "pnpbroker/bare/events/net/add"

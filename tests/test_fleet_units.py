@@ -185,3 +185,15 @@ def test_device_frames_are_retained_messages_outside_the_sequence() -> None:
     }  # fmt: skip
     cleared = frames.read(frames.gone(entry.devpath), "h", "jid")
     assert (cleared.topic, cleared.payload, cleared.retain) == (message.topic, b"", True)
+
+
+@pytest.mark.parametrize("pairs", [[("journal_id", "j")], [("sequence", "4711"), ("k", "é" * 200)]])
+def test_user_properties_are_packed_as_paho_packs_them(pairs: list[tuple[str, str]]) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from pnpbroker.fleet.mqtt import UserProperties
+
+    theirs = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    theirs.UserProperty = pairs
+    assert UserProperties(pairs).pack() == theirs.pack()  # type: ignore[no-untyped-call]

@@ -61,6 +61,10 @@ class FleetMonitor:
         except (ValueError, KeyError, TypeError) as exc:
             log.error("%s: not a pnpbroker event (%s): %.80r", msg.topic, exc, msg.payload)
             return
+        user = dict(getattr(msg.properties, "UserProperty", None) or [])
+        if user.get("journal_id") != journal_id or user.get("sequence") != str(last):
+            log.error("%s: user properties %s disagree with the payload", msg.topic, user)
+            self._report(Report("properties", host, journal_id, first, last))
         new, reports = self.tracker.take(host, journal_id, first, last, lost)
         for report in reports:
             self._report(report)

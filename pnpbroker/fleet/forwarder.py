@@ -65,6 +65,7 @@ class Forwarder:
         self.exit_code = ExitCode.OK
         self._stop = asyncio.Event()
         self._drained = asyncio.Event()  # nothing in flight
+        self._ack_soon: asyncio.Handle | None = None
         self._feed: asyncio.StreamWriter | None = None
 
     async def run(self) -> ExitCode:
@@ -177,12 +178,13 @@ class Forwarder:
             done = self.pending.popleft()
             if done.journal_id == self.journal_id:
                 self.acked, moved = done.message.last, True
-        if moved:
-            self._write_ack()
+        if moved and self._ack_soon is None:  # one write per turn of the loop, not per PUBACK
+            self._ack_soon = asyncio.get_running_loop().call_soon(self._write_ack)
         if not self.pending:
             self._drained.set()
 
     def _write_ack(self) -> None:
+        self._ack_soon = None
         through = min(self.acked, self.seen)
         feed = self._feed
         if feed is not None and not feed.is_closing() and through > self.written:

@@ -13,6 +13,7 @@ MQTT broker acknowledged everything up to SEQUENCE. TOPIC is relative to ``<pref
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -105,7 +106,12 @@ class Message:
 
 def with_host(payload: bytes, host: str) -> bytes:
     """Put ``"host"`` first in a JSON object's text, without parsing it."""
-    return b'{"host":' + json.dumps(host).encode() + b"," + payload[1:]
+    return _host_key(host) + payload[1:]
+
+
+@functools.cache
+def _host_key(host: str) -> bytes:
+    return b'{"host":' + json.dumps(host).encode() + b","
 
 
 def read_hello(line: bytes) -> str:

@@ -159,10 +159,7 @@ class Session:
         user: Sequence[tuple[str, str]] = (),
     ) -> None:
         """QoS 1; kept by paho until acknowledged, whether connected now or not."""
-        props = None
-        if user:
-            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.UserProperty = list(user)
+        props = UserProperties(user) if user else None
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise RuntimeError(f"paho refused to queue a message: {paho.error_string(info.rc)}")
@@ -266,6 +263,46 @@ class Session:
         self.client.loop_misc()
         if self._misc is not None:
             self._misc.cancel()
+
+
+class UserProperties(Properties):
+    """A PUBLISH's MQTT 5 user properties (identifier 0x26), encoded once.
+
+    paho packs a message's properties at each send (and resend) with ``pack()``, and building a
+    ``Properties`` costs more than the rest of a publish; paho uses nothing else of a PUBLISH's
+    properties but ``pack()`` and ``str()`` (its debug log). tests/test_fleet_units.py holds the
+    bytes equal to paho's own encoding.
+    """
+
+    packed: bytes
+    pairs: list[tuple[str, str]]
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:  # no super(): see above
+        body = b"".join(b"\x26" + _utf8(key) + _utf8(value) for key, value in pairs)
+        object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
+        object.__setattr__(self, "pairs", list(pairs))
+        object.__setattr__(self, "packed", _varint(len(body)) + body)
+
+    def pack(self) -> bytes:
+        return self.packed
+
+    def __str__(self) -> str:
+        return f"[UserProperty : {self.pairs}]"
+
+
+def _varint(number: int) -> bytes:
+    """MQTT's variable byte integer: 7 bits a byte, the high bit says more follow."""
+    out = bytearray()
+    while True:
+        number, digit = divmod(number, 128)
+        out.append(digit | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def _utf8(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
 
 
 def _client(cfg: FleetConfig, will: tuple[str, bytes] | None) -> paho.Client:

@@ -20,7 +20,8 @@ MAX_MISSING = 100_000
 class Report:
     """``kind``: ``gap`` (first..last have not arrived), ``late`` (arrived after later ones: a gap
     closes), ``repeat`` (arrived again), ``lost`` (the host says first..last were never
-    forwarded), ``journal`` (a new journal: first is 0)."""
+    forwarded), ``journal`` (a new journal: first is 0), ``properties`` (the MQTT 5 user
+    properties disagree with the payload)."""
 
     kind: str
     host: str
@@ -35,6 +36,7 @@ class Report:
             "repeat": "REPEAT: arrived again",
             "lost": "LOST: reported lost by the host",
             "journal": "NEW JOURNAL: sequences start again",
+            "properties": "USER PROPERTIES: journal_id/sequence disagree with the payload",
         }[self.kind]
         span = f" {self.first}..{self.last}" if self.kind != "journal" else ""
         return f"{self.host}: {what}{span} (journal {self.journal_id})"
