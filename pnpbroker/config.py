@@ -18,6 +18,7 @@ from pnpbroker.errors import ConfigError
 from pnpbroker.legacy import options as legacy
 from pnpbroker.rebroadcast import Target, parse_targets
 from pnpbroker.sizes import parse_size
+from pnpbroker.sources import reorder
 
 DEFAULT_PATH = Path("/etc/pnpbroker/pnpbroker.toml")
 LEGACY_PROGRAM = Path("/sbin/hotplug")
@@ -41,6 +42,7 @@ class Config:
     retention_days: float = 7.0
     log_level: str = "info"
     bus_address: str = ""
+    helper_window: float = reorder.SECONDS  # seconds a helper datagram waits for earlier ones
     # The legacy path (pnpbroker.legacy): mode, skip list, credentials and limits.
     mode: str = "program"
     hotplug_d: str = "/etc/hotplug.d"
@@ -77,7 +79,7 @@ def _number(key: str, value: object) -> float:
 
 
 def _convert(key: str, value: object) -> object:
-    if key in ("timeout", "kill_grace", "retention_days"):
+    if key in ("timeout", "kill_grace", "retention_days", "helper_window"):
         return _number(key, value)
     if key in ("receive_buffer", "retention_events"):
         number = _size(key, value)

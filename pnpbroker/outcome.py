@@ -8,8 +8,9 @@ in the outer fields and list each run in :attr:`Outcome.runs`.
 The JSON form (:meth:`Outcome.to_json`) is what the journal stores; the D-Bus form (the
 ``handler`` argument of the ``Event`` signal, ``a{sv}``) is built from it with an explicit
 signature per key by :mod:`pnpbroker.bus.wire`, and decoded by :mod:`pnpbroker.client`. Keys
-that only sometimes apply (``error``, ``runs``) are left out when they do not; a field added
-later must say the same (and get its signature in the wire module: a test holds the two equal).
+that only sometimes apply (``error``, ``runs``, ``abandoned_pid``) are left out when they do
+not; a field added later must say the same (and get its signature in the wire module: a test
+holds the two equal).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Outcome:
     error: str = ""  # why it could not be started (or why the stage failed)
     skipped: bool = False  # the skip list matched: nothing ran
     runs: tuple[Outcome, ...] | None = None  # each run, in order, for modes that run several
+    abandoned_pid: int = 0  # a program still there after SIGKILL, left running (0: none)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +57,8 @@ class Outcome:
             out["error"] = self.error
         if self.runs is not None:
             out["runs"] = [run.to_json() for run in self.runs]
+        if self.abandoned_pid:
+            out["abandoned_pid"] = self.abandoned_pid
         return out
 
     @classmethod
@@ -73,6 +77,7 @@ class Outcome:
             duration=float(data.get("duration", 0.0)),
             error=str(data.get("error", "")),
             runs=None if runs is None else tuple(_run(item) for item in runs),
+            abandoned_pid=int(data.get("abandoned_pid", 0)),
         )
 
 
@@ -89,8 +94,9 @@ def _run(data: Mapping[str, Any]) -> Outcome:
 
 def combine(program: str, runs: tuple[Outcome, ...]) -> Outcome:
     """One outcome for several runs: the first failure's status and signal (0 if none failed),
-    timed out if any was, the total duration, and every run."""
+    timed out if any was, the total duration, the first abandoned pid, and every run."""
     failed = next((run for run in runs if not run.ok), None)
+    abandoned = next((run.abandoned_pid for run in runs if run.abandoned_pid), 0)
     return Outcome(
         program=program,
         status=failed.status if failed else 0,
@@ -98,6 +104,7 @@ def combine(program: str, runs: tuple[Outcome, ...]) -> Outcome:
         timed_out=any(run.timed_out for run in runs),
         duration=float(sum(run.duration for run in runs)),
         runs=runs,
+        abandoned_pid=abandoned,
     )
 
 
@@ -105,6 +112,8 @@ def describe(outcome: Outcome) -> str:
     """A short human account of a run, for the log."""
     if outcome.error:
         return outcome.error
+    if outcome.abandoned_pid:
+        return f"timed out, could not be killed: pid {outcome.abandoned_pid} abandoned"
     if outcome.timed_out:
         return f"timed out after {outcome.duration:.1f} s (signal {outcome.signal})"
     if outcome.signal:

@@ -1,10 +1,16 @@
 """Waiting for the broker: until a trigger's events are published, or until it has caught up.
 
 ``pnpbroker trigger --settle``: the kernel answers each accepted ``uevent`` write with one event
-carrying our SYNTH_UUID, so "settled" means: as many Event signals with
+carrying our SYNTH_UUID, so "settled" means: as many distinct events (by sequence) with
 ``properties["SYNTH_UUID"] == uuid`` as writes were accepted. We subscribe before writing (a
 signal sent before the match exists is never seen) and write meanwhile (in a thread, or by the
 broker's Trigger method), so the loop keeps reading signals.
+
+Both believe only the broker: signals from the current owner of ``org.pnp.Broker``
+(:meth:`pnpbroker.remote.Remote.on_broker_signal`), so another user's signal sent straight to
+us counts for nothing; and each sequence counts once, so the repeats a restarted broker sends
+(what it published before a crash, again) cannot end a settle early. A restart is followed:
+the new owner's signals count from the moment it owns the name.
 
 ``pnpbroker settle``: the broker has handled every event it had journalled when asked (its
 ``LastSequence`` reached ``Statistics["journalled"]``), or a given sequence. A library: the
@@ -53,27 +59,32 @@ class NotCaughtUp(TimeoutError, BrokerError):
 
 
 class Watcher:
-    """Counts the broker's Event signals that carry one SYNTH_UUID."""
+    """Counts the broker's Event signals that carry one SYNTH_UUID, each sequence once."""
 
     def __init__(self, remote: Remote, uuid: str) -> None:
         self.uuid = uuid
-        self.seen = 0
+        self.sequences: set[int] = set()
         self.wanted: int | None = None
         self._done = asyncio.Event()
-        remote.on_signal(self._on_signal)
+        remote.on_broker_signal(self._on_signal)
+
+    @property
+    def seen(self) -> int:
+        return len(self.sequences)
 
     @classmethod
     async def connect(cls, remote: Remote, uuid: str) -> Watcher:
         """Subscribe; once this returns, no matching signal can be missed."""
         watcher = cls(remote, uuid)
         await remote.add_match(event_rule())
+        await remote.follow_owner()
         return watcher
 
     def _on_signal(self, msg: Message) -> None:
         if msg.member != "Event" or msg.interface != names.INTERFACE:
             return
         if msg.signature == EVENT_SIGNATURE and msg.body[4].get("SYNTH_UUID") == self.uuid:
-            self.seen += 1
+            self.sequences.add(int(msg.body[0]))
             self._check()
 
     def _check(self) -> None:
@@ -129,8 +140,9 @@ async def caught_up(address: str | None, sequence: int | None, seconds: float) -
                     reached.set()
 
         wanted = 1 << 64  # not known before GetAll: no signal settles it before that
-        remote.on_signal(on_signal)
+        remote.on_broker_signal(on_signal)
         await remote.add_match(event_rule())
+        await remote.follow_owner()
         props = await remote.properties()
         wanted = props["Statistics"]["journalled"] if sequence is None else sequence
         last = max(last, props["LastSequence"])

@@ -2,6 +2,9 @@
 
 The kernel multicasts a uevent as one datagram: ``ACTION@DEVPATH\\0KEY=VALUE\\0...KEY=VALUE\\0``.
 Pure functions, no I/O: sources hand bytes in, everything downstream gets a checked ``Uevent``.
+A key the kernel sent twice (``add UUID K=V K=W`` written to a uevent file does that) keeps its
+first value, the one ``getenv`` gives a kernel helper; the others are in ``duplicates`` for the
+reader to count and report.
 Values are decoded as UTF-8 with ``surrogateescape`` so no byte is lost on the way to the legacy
 program; :func:`dbus_safe` makes a value fit for D-Bus, which only carries valid UTF-8.
 """
@@ -9,7 +12,7 @@ program; :func:`dbus_safe` makes a value fit for D-Bus, which only carries valid
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pnpbroker.errors import MalformedUevent
@@ -31,6 +34,8 @@ class Uevent(Mapping[str, str]):
     subsystem: str
     seqnum: int
     properties: Mapping[str, str]
+    #: Keys given more than once, each with a value not kept: ``(key, value)``.
+    duplicates: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def __getitem__(self, key: str) -> str:
         return self.properties[key]
@@ -56,17 +61,27 @@ def _check_frame(data: bytes) -> None:
         raise MalformedUevent("not NUL-terminated", data)
 
 
-def _properties(fields: list[str], data: bytes) -> dict[str, str]:
+Duplicates = tuple[tuple[str, str], ...]
+
+
+def _properties(fields: list[str], data: bytes) -> tuple[dict[str, str], Duplicates]:
     try:
-        props = dict(field.split("=", 1) for field in fields)
+        props = dict(item.split("=", 1) for item in fields)
     except ValueError:
-        bad = next(field for field in fields if "=" not in field)
+        bad = next(item for item in fields if "=" not in item)
         raise MalformedUevent(f"field is not KEY=VALUE: {bad[:64]!r}", data) from None
-    if len(props) != len(fields):
-        raise MalformedUevent("duplicate key", data)
     if "" in props:
         raise MalformedUevent("empty key", data)
-    return props
+    if len(props) == len(fields):
+        return props, ()
+    first: dict[str, str] = {}
+    dropped: list[tuple[str, str]] = []
+    for key, value in (item.split("=", 1) for item in fields):
+        if key in first:
+            dropped.append((key, value))
+        else:
+            first[key] = value
+    return first, tuple(dropped)
 
 
 def parse(data: bytes) -> Uevent:
@@ -76,7 +91,8 @@ def parse(data: bytes) -> Uevent:
     action, sep, devpath = header.partition("@")
     if not sep or not action or not devpath:
         raise MalformedUevent("no ACTION@DEVPATH header", data)
-    return _checked(_properties(fields, data), action, devpath, data)
+    props, duplicates = _properties(fields, data)
+    return _checked(props, action, devpath, data, duplicates)
 
 
 def from_properties(props: Mapping[str, str]) -> Uevent:
@@ -85,7 +101,9 @@ def from_properties(props: Mapping[str, str]) -> Uevent:
     return _checked(own, own.get("ACTION", ""), own.get("DEVPATH", ""), b"")
 
 
-def _checked(props: dict[str, str], action: str, devpath: str, data: bytes) -> Uevent:
+def _checked(
+    props: dict[str, str], action: str, devpath: str, data: bytes, duplicates: Duplicates = ()
+) -> Uevent:
     try:
         ok_action, ok_devpath = props["ACTION"] == action, props["DEVPATH"] == devpath
         subsystem, seqnum = props["SUBSYSTEM"], props["SEQNUM"]
@@ -96,7 +114,7 @@ def _checked(props: dict[str, str], action: str, devpath: str, data: bytes) -> U
         raise MalformedUevent("empty or inconsistent ACTION/DEVPATH/SUBSYSTEM", data)
     if not (seqnum.isascii() and seqnum.isdigit()):
         raise MalformedUevent(f"SEQNUM is not a number: {seqnum[:32]!r}", data)
-    return Uevent(action, devpath, subsystem, int(seqnum), MappingProxyType(props))
+    return Uevent(action, devpath, subsystem, int(seqnum), MappingProxyType(props), duplicates)
 
 
 def serialize(event: Uevent) -> bytes:

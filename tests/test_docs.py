@@ -146,3 +146,13 @@ LINK = re.compile(r"\]\(([^)#:]+)(#[^)]*)?\)")
 def test_relative_links_lead_to_files_that_exist(doc: Path) -> None:
     for target, _ in LINK.findall(doc.read_text()):
         assert (doc.parent / target).exists(), f"{doc.name}: {target}"
+
+
+def test_the_fault_table_names_tests_that_exist() -> None:
+    """docs/faults.md names, for each fault, the test that shows it: those tests must exist."""
+    text = (DOCS / "faults.md").read_text()
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?", text)
+    assert len(named) >= 10
+    for path, test in named:
+        source = (REPO_ROOT / path).read_text()
+        assert not test or f"def {test}(" in source, f"{path}::{test}"

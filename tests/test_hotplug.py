@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 from pathlib import Path
@@ -143,6 +144,29 @@ async def test_hanging_program_trapping_term_is_killed(tmp_path: Path) -> None:
     after = await runner.run([_script(tmp_path, "quick", "exit 0\n"), "net"], {}, "event 2")
     runner.close()
     assert after.ok
+
+
+async def test_without_pidfd_programs_are_waited_for_with_sigchld(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pidfd_open failing as it does before Linux 5.3 (ENOSYS), simulated at the runner's seam
+    (the real kernel refusal, through seccomp, is tests/test_program_faults.py): exits, signal
+    deaths and timeouts are all seen, and no child is left unreaped."""
+    runner = ProgramRunner(timeout=0.3, grace=0.3)
+
+    def no_pidfd(pid: int) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented (simulated)")
+
+    runner.children.pidfd_open = no_pidfd
+    with caplog.at_level(logging.WARNING):
+        ok = await runner.run([_script(tmp_path, "ok", "exit 0\n"), "net"], {}, "event 1")
+        fail = await runner.run([_script(tmp_path, "fail", "exit 3\n"), "net"], {}, "event 2")
+        slow = await runner.run([_script(tmp_path, "slow", "exec sleep 30\n"), "n"], {}, "e 3")
+    runner.close()
+    assert (ok.status, fail.status) == (0, 3)
+    assert (slow.timed_out, slow.signal) == (True, signal.SIGTERM)
+    assert "pidfd_open failed (ENOSYS): waiting for programs with SIGCHLD" in caplog.text
+    assert runner.children.watched == []  # every one reaped
 
 
 async def _gone(pid: int) -> None:

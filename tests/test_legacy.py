@@ -8,6 +8,7 @@ from the bus as a client would.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -146,6 +147,41 @@ async def test_hotplug_d_runs_all_in_order_past_a_failure(tmp_path: Path) -> Non
     assert [run["status"] for run in handler["runs"]] == [0, 3, 0, 0]
     assert handler["status"] == 3
     assert handler["program"] == str(tmp_path / "hotplug.d")
+
+
+@pytest.mark.root
+async def test_hotplug_d_runs_only_trusted_scripts_and_says_once_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hidden script, one owned by nobody, one writable by its group, and a link owned by
+    nobody to a good script: none runs, each is named once in the log with its reason."""
+    log = tmp_path / "log"
+    net = tmp_path / "hotplug.d" / "net"
+    line = f'echo "$(basename "$0")" >> {log}'
+    good = script(net / "10-good.hotplug", line)
+    script(net / ".20-hidden.hotplug", line)
+    os.chown(script(net / "30-nobody.hotplug", line), NOBODY, NOBODY)
+    script(net / "40-group.hotplug", line).chmod(0o775)
+    (net / "50-link.hotplug").symlink_to(good)
+    os.lchown(net / "50-link.hotplug", NOBODY, NOBODY)
+    cfg = config.Config(mode="hotplug.d", hotplug_d=str(tmp_path / "hotplug.d"))
+    with caplog.at_level(logging.WARNING, logger="pnpbroker.legacy.modes"):
+        runner = ProgramRunner(timeout=30)
+        try:
+            mode = make_mode(cfg, runner)
+            assert mode is not None
+            outcomes = [await mode.run(event("net", "add", n), n) for n in (1, 2)]
+        finally:
+            runner.close()
+    assert log.read_text().splitlines() == ["10-good.hotplug"] * 2
+    assert [len(o.runs or ()) for o in outcomes if o is not None] == [1, 1]
+    warnings = sorted(r.getMessage() for r in caplog.records)
+    assert warnings == [
+        f"hotplug.d: not running {net}/.20-hidden.hotplug: a hidden file",
+        f"hotplug.d: not running {net}/30-nobody.hotplug: owned by uid {NOBODY}, not root",
+        f"hotplug.d: not running {net}/40-group.hotplug: writable by group or others",
+        f"hotplug.d: not running {net}/50-link.hotplug: owned by uid {NOBODY}, not root",
+    ]
 
 
 async def test_hotplug_d_subsystem_cannot_leave_the_directory(tmp_path: Path) -> None:

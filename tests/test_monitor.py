@@ -180,3 +180,31 @@ def test_live_colour_on_a_terminal(system_bus: SystemBus, netns: NetNS) -> None:
         code = live.stop()
     assert code == 0
     assert "\033[32madd" in lines[-1]
+
+
+@pytest.mark.root
+@pytest.mark.usefixtures("broker")
+def test_control_characters_of_device_names_never_reach_the_terminal(
+    system_bus: SystemBus, netns: NetNS
+) -> None:
+    """The kernel refuses only '/', ':' and white space in a network interface's name, so a
+    real device can be named with an ESC sequence, or a C1 control (U+009B, a one-character CSI
+    for some terminals): text shows them as escapes, JSON as \\u escapes that decode back."""
+    esc, c1 = "e\x1b[2Jx", "c\u009b7m"
+    netns.add_ifbs([esc, c1])
+    text = Monitor(system_bus, "--since", "0", "--property")
+    out = text.read_until(lambda got: {"INTERFACE=e\\x1b[2Jx", "INTERFACE=c\\x9b7m"} <= set(got))
+    assert text.stop() == 0
+    joined = "\n".join(out)
+    assert "\x1b" not in joined
+    assert "\u009b" not in joined
+    assert any(line.endswith("/devices/virtual/net/e\\x1b[2Jx (net) -") for line in out), out
+
+    js = Monitor(system_bus, "--json", "--since", "0")
+    lines = js.read_until(mentions_all({esc, c1}, json_name))
+    assert js.stop() == 0
+    raw = "\n".join(lines)
+    assert "\x1b" not in raw
+    assert "\u009b" not in raw
+    names = {json.loads(line)["properties"].get("INTERFACE") for line in lines}
+    assert {esc, c1} <= names

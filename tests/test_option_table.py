@@ -160,6 +160,10 @@ ROWS: dict[str, list[Form]] = {
         cli_form("--helper-socket", runs=False),
         cli_form("--helper-socket", "/run/pnpt-helper.sock", runs=False),
     ],
+    "`helper_window`": [
+        toml_form("helper_window = 1", "helper_window", 1.0),
+        toml_form("helper_window = 0.25", "helper_window", 0.25),
+    ],
     "`-n`, `--dry-run`": [cli_form("-n"), cli_form("--dry-run")],
     "`mode`": [toml_form(f'mode = "{m}"', "mode", m) for m in ("program", "hotplug.d", "agents")],
     "`hotplug_d`, `agents_dir`, `agent_fallback`": [

@@ -33,8 +33,14 @@ SHAPES: dict[str, Outcome | None] = {
     "skipped": SKIPPED,
     "one run": RUN,
     "killed after its timeout": KILLED,
+    "abandoned: it could not be killed": Outcome(
+        "/sbin/stuck", -1, 0, True, 11.0, abandoned_pid=77
+    ),
     "could not start": MISSING,
     "several runs": combine("/etc/hotplug.d", (RUN, FAILED, KILLED)),
+    "several runs, one abandoned": combine(
+        "/etc/hotplug.d", (RUN, Outcome("/d/stuck", -1, 0, True, 11.0, abandoned_pid=77))
+    ),
     "no scripts": combine("/etc/hotplug.d", ()),
     "the stage failed": Outcome(status=-1, error="handler failed: boom"),
 }
@@ -62,7 +68,8 @@ def through_the_wire(outcome: Outcome | None) -> client.Event:
 
 
 def same(decoded: client.Outcome, sent: Outcome) -> None:
-    for field in ("program", "status", "signal", "timed_out", "duration", "skipped", "error"):
+    fields = ("program", "status", "signal", "timed_out", "duration", "skipped", "error")
+    for field in (*fields, "abandoned_pid"):
         assert getattr(decoded, field) == getattr(sent, field), field
     assert len(decoded.runs) == len(sent.runs or ())
     for got, want in zip(decoded.runs, sent.runs or (), strict=True):

@@ -6,17 +6,29 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+from support.broker import BrokerProcess
 from support.bus import POLKIT_BUS_POLICY, SystemBus
 from support.polkitd import Polkitd
+from support.users import python_as_nobody_async
 
-from pnpbroker.bus.polkit import Authority, NotAuthorized
+from pnpbroker.bus.polkit import (
+    ALLOW_USER_INTERACTION,
+    POLKIT_INTERFACE,
+    POLKIT_NAME,
+    Authority,
+    NotAuthorized,
+)
+from pnpbroker.bus.wire import to_bus_daemon
 from pnpbroker.names import ACTION_CONTROL, ACTION_TRIGGER, ERROR_NOT_AUTHORIZED
 
 pytestmark = [pytest.mark.root, pytest.mark.bus_includes(POLKIT_BUS_POLICY)]
@@ -181,3 +193,96 @@ async def test_broken_connection_denies_without_raising_anything_else(
     with pytest.raises(NotAuthorized, match="the authorization check failed"):
         await Authority(connection).check(connection.unique_name, ACTION_TRIGGER)
     assert any("disconnected" in record.getMessage() for record in caplog.records)
+
+
+async def _polkitd_pid(bus: MessageBus) -> int:
+    reply = await bus.call(to_bus_daemon("GetConnectionUnixProcessID", "s", [POLKIT_NAME]))
+    assert reply is not None
+    assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+    return int(reply.body[0])
+
+
+async def test_a_polkitd_that_does_not_answer_is_a_denial_in_time(
+    system_bus: SystemBus, bus: MessageBus
+) -> None:
+    """polkitd stopped (SIGSTOP) takes the call and never answers: each check ends after its
+    own timeout, the interactive one after the longer one, with a message saying why."""
+    assert bus.unique_name is not None
+    async with Polkitd(system_bus.address):
+        pid = await _polkitd_pid(bus)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            quick = Authority(bus, timeout=0.5, interactive=300)
+            with pytest.raises(NotAuthorized, match=r"polkit did not answer within 0\.5 s"):
+                await quick.check(bus.unique_name, ACTION_CONTROL)
+            patient = Authority(bus, timeout=300, interactive=0.5)
+            with pytest.raises(NotAuthorized, match=r"polkit did not answer within 0\.5 s"):
+                await patient.check(bus.unique_name, ACTION_CONTROL, interactive=True)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+#: Run as nobody: call Pause, with the ALLOW_INTERACTIVE_AUTHORIZATION flag if argv[1] is "1".
+_PAUSE = """import asyncio, sys
+from dbus_fast import BusType, Message, MessageFlag
+from dbus_fast.aio import MessageBus
+
+async def main(interactive):
+    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+    flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag(0)
+    reply = await bus.call(Message(destination="org.pnp.Broker", path="/org/pnp/Broker",
+                                   interface="org.pnp.Broker1", member="Pause", flags=flags))
+    print(reply.error_name)
+
+asyncio.run(main(sys.argv[1] == "1"))
+"""
+
+
+async def _become_monitor(address: str, rule: str) -> tuple[MessageBus, list[Message]]:
+    """A connection that sees copies of the messages ``rule`` matches (root only)."""
+    monitor = await MessageBus(bus_address=address).connect()
+    seen: list[Message] = []
+
+    def copy(msg: Message) -> bool:
+        if msg.member == "CheckAuthorization":
+            seen.append(msg)
+        return msg.message_type is MessageType.METHOD_CALL  # a monitor never answers a copy
+
+    monitor.add_message_handler(copy)
+    become = Message(
+        destination="org.freedesktop.DBus",
+        path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus.Monitoring",
+        member="BecomeMonitor",
+        signature="asu",
+        body=[[rule], 0],
+    )
+    reply = await monitor.call(become)
+    assert reply is not None
+    assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+    return monitor, seen
+
+
+async def test_polkit_may_ask_for_a_password_only_when_the_caller_allows_it(
+    system_bus: SystemBus, tmp_path: Path
+) -> None:
+    """The real broker, the real polkitd, a client as nobody calling Pause with and without
+    ALLOW_INTERACTIVE_AUTHORIZATION; the CheckAuthorization calls are read off the bus."""
+    rule = f"type='method_call',interface='{POLKIT_INTERFACE}',member='CheckAuthorization'"
+    async with Polkitd(system_bus.address):
+        monitor, seen = await _become_monitor(system_bus.address, rule)
+        try:
+            with BrokerProcess(system_bus, tmp_path / "state"):
+                for interactive in ("1", "0"):
+                    done = await python_as_nobody_async(
+                        _PAUSE, interactive, bus_address=system_bus.address
+                    )
+                    assert done.stdout.strip() == ERROR_NOT_AUTHORIZED, done.stderr
+            async with asyncio.timeout(30):
+                while len(seen) < 2:  # noqa: ASYNC110 - copies come on the monitor's own time
+                    await asyncio.sleep(0.01)
+        finally:
+            monitor.disconnect()
+    flags = [msg.body[3] for msg in seen]
+    assert flags == [ALLOW_USER_INTERACTION, 0]
+    assert all(msg.body[1] == ACTION_CONTROL for msg in seen)

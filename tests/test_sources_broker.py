@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid as uuidlib
 from pathlib import Path
 
@@ -306,3 +308,82 @@ def test_socket_unit_is_shipped() -> None:
     text = (REPO_ROOT / "systemd" / "pnpbroker.socket").read_text()
     for line in ("ListenNetlink=kobject-uevent 1", "ReceiveBuffer=128M", "PassCredentials=yes"):
         assert line in text.splitlines()
+
+
+def test_a_real_event_giving_a_key_twice_is_taken_counted_and_reported(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    """``add UUID K=V K=W`` written to a uevent file: the kernel sends SYNTH_ARG_K twice."""
+    broker = BrokerProcess(system_bus, tmp_path / "state", netns=netns)
+    try:
+        broker.start()
+        names = links(netns, 1)
+        signals.wait(net_event("add", names), 1)
+        (name,) = names
+        uuid = str(uuidlib.uuid4())
+        write = f"echo 'add {uuid} K=first K=second' > /sys/class/net/{name}/uevent"
+        subprocess.run([*netns.exec_prefix(), "sh", "-c", write], check=True, timeout=60)
+        [(_, body)] = signals.wait(net_event("add", names, uuid), 1)
+        assert body[4]["SYNTH_ARG_K"] == "first"
+        call = ["busctl", f"--address={system_bus.address}", "--json=short", "get-property"]
+        call += ["org.pnp.Broker", "/org/pnp/Broker", "org.pnp.Broker1", "Statistics"]
+        got = subprocess.run(call, capture_output=True, text=True, timeout=60, check=True)
+        stats = json.loads(got.stdout)["data"]
+        assert (stats["duplicate_keys"], stats["rejected_malformed"]) == (1, 0)
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+    assert "gives a key twice (1 so far): kept the first value, not SYNTH_ARG_K='second'" in (
+        broker.log()
+    )
+
+
+def test_a_stalled_output_reader_stalls_nothing_else(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    """--output into a pipe nobody reads: the pipe fills after a few hundred events, yet every
+    event of a 1,000-link burst is published and nothing overflows; once the reader reads, it
+    gets every event, in order."""
+    read, write = os.pipe()
+    args = ["--no-program", "--output", f"fd:{write}"]
+    broker = BrokerProcess(system_bus, tmp_path / "state", args, netns=netns)
+    try:
+        broker.start(pass_fds=(write,))
+        os.close(write)
+        names = links(netns, 1000)
+        signals.wait(net_event("add", names), len(names), timeout=120)
+        published = [b[0] for b in signals.events()]
+        call = ["busctl", f"--address={system_bus.address}", "--json=short", "get-property"]
+        call += ["org.pnp.Broker", "/org/pnp/Broker", "org.pnp.Broker1", "Statistics"]
+        got = subprocess.run(call, capture_output=True, text=True, timeout=60, check=True)
+        assert json.loads(got.stdout)["data"]["overflows"] == 0
+        stream = _read_records(read, len(published))
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+        os.close(read)
+    interfaces = [record.get("INTERFACE") for record in stream]
+    assert names <= set(interfaces)
+    seqnums = [int(record["SEQNUM"]) for record in stream]
+    assert seqnums == sorted(seqnums)
+    log = broker.log()
+    assert "its reader is not keeping up" in log
+    assert "its reader caught up" in log
+
+
+TERMINATOR = b"\0\0"
+
+
+def _read_records(fd: int, count: int, timeout: float = 120.0) -> list[dict[str, str]]:
+    """``count`` NUL-framed records from ``fd``, each as its KEY=VALUE fields."""
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    while buffer.count(TERMINATOR) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{buffer.count(TERMINATOR)} of {count} records"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            buffer += os.read(fd, 1 << 16)
+    records = buffer.split(TERMINATOR)[:count]
+    fields = ([f for f in r.decode().split("\0")[1:] if "=" in f] for r in records)
+    return [dict(f.split("=", 1) for f in record) for record in fields]

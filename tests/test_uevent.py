@@ -83,7 +83,6 @@ MALFORMED = [
     pytest.param(_replace(b"SEQNUM=4242", b"SEQNUM=\xd9\xa3"), "SEQNUM", id="seq-non-ascii"),
     pytest.param(_replace(b"IFINDEX=7", b"IFINDEX"), "not KEY=VALUE", id="no-equals"),
     pytest.param(_replace(b"IFINDEX=7", b"=7"), "empty key", id="empty-key"),
-    pytest.param(_replace(b"IFINDEX=7", b"INTERFACE=x"), "duplicate key", id="duplicate"),
     pytest.param(_replace(b"ACTION=add", b"ACTION=remove"), "inconsistent", id="action-differs"),
     pytest.param(_replace(b"SUBSYSTEM=net", b"SUBSYSTEM="), "empty", id="empty-subsystem"),
 ]
@@ -94,6 +93,14 @@ def test_malformed_is_named(data: bytes, reason: str) -> None:
     with pytest.raises(MalformedUevent, match=reason) as caught:
         parse(data)
     assert caught.value.reason == str(caught.value)
+
+
+def test_a_key_given_twice_keeps_its_first_value_and_says_so() -> None:
+    event = parse(_replace(b"IFINDEX=7", b"INTERFACE=x\0INTERFACE=y"))
+    assert event["INTERFACE"] == "ifb0"
+    assert event.duplicates == (("INTERFACE", "x"), ("INTERFACE", "y"))
+    assert parse(KERNEL).duplicates == ()
+    assert parse(serialize(event)) == event
 
 
 # Hypothesis: generated valid events and random bytes.

@@ -1,10 +1,15 @@
 """Ask polkit whether a bus peer may use a privileged method.
 
 The subject is always the caller's unique bus name (``system-bus-name``), never a PID: polkitd
-resolves the name through the bus daemon, which cannot be raced like a PID. When polkitd is not
-there (no owner and not activatable), only uid 0 is allowed; anything else that goes wrong denies.
+resolves the name through the bus daemon, which cannot be raced like a PID. polkit may ask the
+caller's agent for a password only when the caller said it may wait for that (the
+ALLOW_INTERACTIVE_AUTHORIZATION flag of its method call, as systemd does). polkitd has
+:data:`TIMEOUT` seconds to answer (:data:`INTERACTIVE_TIMEOUT` when a person may be typing);
+after that the caller is denied with a message saying so. When polkitd is not there (no owner
+and not activatable), only uid 0 is allowed; anything else that goes wrong denies.
 """
 
+import asyncio
 import logging
 from typing import Any, ClassVar
 
@@ -21,6 +26,8 @@ POLKIT_NAME = "org.freedesktop.PolicyKit1"
 POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
 POLKIT_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
 ALLOW_USER_INTERACTION = 1
+#: Seconds polkitd has to answer: the D-Bus default method call timeout, and a person's time.
+TIMEOUT, INTERACTIVE_TIMEOUT = 25.0, 300.0
 
 # Replies from the bus daemon that mean "no polkitd here", rather than "polkitd failed".
 _ABSENT_ERRORS = frozenset(
@@ -46,17 +53,21 @@ class NotAuthorized(PermissionError, BrokerError):
 class Authority:
     """Checks callers against polkit over an already connected bus (the broker's own)."""
 
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(
+        self, bus: MessageBus, timeout: float = TIMEOUT, interactive: float = INTERACTIVE_TIMEOUT
+    ) -> None:
         self._bus = bus
+        self._timeouts = {False: timeout, True: interactive}
         self._absence_logged = False
 
-    async def check(self, sender: str, action_id: str) -> None:
+    async def check(self, sender: str, action_id: str, interactive: bool = False) -> None:
         """Return if ``sender`` (a unique bus name) may do ``action_id``, else raise NotAuthorized.
 
-        With AllowUserInteraction, so an agent of the caller may ask for a password: this may
-        take as long as the user needs.
+        ``interactive``: the caller allows interactive authorization (an agent may ask its user
+        for a password), so polkit may take as long as that person needs, up to its timeout.
         """
-        reply = await self._call(_check_authorization(sender, action_id), action_id)
+        message = _check_authorization(sender, action_id, interactive)
+        reply = await self._call(message, action_id, self._timeouts[interactive])
         if _polkit_absent(reply):
             await self._check_root(sender, action_id)
             return
@@ -69,13 +80,14 @@ class Authority:
         if not self._absence_logged:
             logger.warning("polkitd is not running: only root may use privileged methods")
             self._absence_logged = True
-        reply = await self._call(_unix_user(sender), action_id)
+        reply = await self._call(_unix_user(sender), action_id, self._timeouts[False])
         _raise_on_error(reply, action_id, "the bus daemon")
         if reply.signature != "u" or reply.body[0] != 0:
             raise NotAuthorized(action_id, "polkitd is not running and only root is allowed")
 
-    async def _call(self, message: Message, action_id: str) -> Message:
-        """Send a method call; a transport failure becomes a denial, logged here in full.
+    async def _call(self, message: Message, action_id: str, seconds: float) -> Message:
+        """Send a method call; a transport failure or no answer in ``seconds`` becomes a denial,
+        logged here in full.
 
         A bus that is no longer connected is not called at all: dbus-fast 5 fails messily on a
         connection that is still closing (a broken-pipe future nobody awaits).
@@ -84,21 +96,26 @@ class Authority:
             logger.warning("authorization check for %s: the bus is disconnected", action_id)
             raise NotAuthorized(action_id, "the authorization check failed")
         try:
-            return await self._bus.call(message)
+            async with asyncio.timeout(seconds):
+                return await self._bus.call(message)
+        except TimeoutError:
+            logger.warning("authorization check for %s: no answer in %g s", action_id, seconds)
+            raise NotAuthorized(action_id, f"polkit did not answer within {seconds:g} s") from None
         except Exception:
             logger.exception("authorization check for %s failed", action_id)
             raise NotAuthorized(action_id, "the authorization check failed") from None
 
 
-def _check_authorization(sender: str, action_id: str) -> Message:
+def _check_authorization(sender: str, action_id: str, interactive: bool) -> Message:
     subject = ["system-bus-name", {"name": Variant("s", sender)}]
+    flags = ALLOW_USER_INTERACTION if interactive else 0
     return Message(
         destination=POLKIT_NAME,
         path=POLKIT_PATH,
         interface=POLKIT_INTERFACE,
         member="CheckAuthorization",
         signature="(sa{sv})sa{ss}us",
-        body=[subject, action_id, {}, ALLOW_USER_INTERACTION, ""],
+        body=[subject, action_id, {}, flags, ""],
     )
 
 

@@ -17,7 +17,7 @@ from dbus_fast.errors import DBusError
 from pnpbroker import names
 from pnpbroker.bus.link import BusLink, NameTaken
 from pnpbroker.bus.polkit import Authority, NotAuthorized
-from pnpbroker.bus.service import BrokerInterface, track_callers
+from pnpbroker.bus.service import BrokerInterface, Caller, track_callers
 from pnpbroker.contract import ExitCode
 from pnpbroker.core.pipeline import Pipeline
 from pnpbroker.notify import sd_notify
@@ -38,12 +38,13 @@ class BusServer:
         self.authority: Authority | None = None
         self._ready = False
 
-    async def authorize(self, sender: str, action_id: str) -> None:
-        """polkit decides (CheckAuthorization on the sender's bus name)."""
+    async def authorize(self, caller: Caller, action_id: str) -> None:
+        """polkit decides (CheckAuthorization on the caller's bus name, interactive if the
+        caller's message allows it)."""
         if self.authority is None:
             raise NotAuthorized(action_id, "not connected to the bus")
-        await self.authority.check(sender, action_id)
-        log.info("%s authorized for %s", sender, action_id)
+        await self.authority.check(caller.sender, action_id, caller.interactive)
+        log.info("%s authorized for %s", caller.sender, action_id)
 
     async def run(self) -> ExitCode:
         """Run the pipeline with the bus kept up; close everything once it has drained."""

@@ -13,9 +13,10 @@ import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, TypeVar
 
-from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast import DBusError, Message, MessageFlag, MessageType, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature
@@ -87,19 +88,31 @@ class Core(Protocol):
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-#: Returns if the caller (a unique bus name) may do the action, else raises PermissionError.
-Authorize = Callable[[str, str], Awaitable[None]]
 
-#: The unique name of the connection whose method call is being served.
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sent the method call being served: its unique bus name, and whether it allows
+    interactive authorization (the message's ALLOW_INTERACTIVE_AUTHORIZATION flag)."""
+
+    sender: str = ""
+    interactive: bool = False
+
+
+#: Returns if the caller may do the action (a polkit action id), else raises PermissionError.
+Authorize = Callable[[Caller, str], Awaitable[None]]
+
+#: The caller whose method call is being served.
 #: dbus-fast does not hand the message to a service method, but it runs our message handler
 #: first and then creates the method's task, which copies this context: each call keeps its own.
-_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+_NOBODY = Caller()
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=_NOBODY)
 
 
 def track_callers(bus: MessageBus, interface: ServiceInterface) -> None:
-    """Make each method call's sender available to :func:`caller`, and answer a call of one of
-    ``interface``'s methods with other arguments than its own with InvalidArgs (dbus-fast would
-    say UnknownMethod). Install once per bus."""
+    """Make each method call's sender and flags available to :func:`caller`, and answer a call
+    of one of ``interface``'s methods with other arguments than its own with InvalidArgs
+    (dbus-fast would say UnknownMethod). Install once per bus."""
     signatures = {m.name: m.in_signature for m in interface.introspect().methods}
 
     def remember(msg: Message) -> None:
@@ -111,13 +124,14 @@ def track_callers(bus: MessageBus, interface: ServiceInterface) -> None:
                 names.ERROR_INVALID_ARGS,
                 f"{msg.member} takes ({wanted}), not ({msg.signature})",
             )
-        _caller.set(msg.sender or "")
+        interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
+        _caller.set(Caller(msg.sender or "", interactive))
 
     bus.add_message_handler(remember)
 
 
-def caller() -> str:
-    """The sender of the method call being served."""
+def caller() -> Caller:
+    """The sender of the method call being served, and its flags."""
     return _caller.get()
 
 

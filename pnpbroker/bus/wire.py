@@ -40,6 +40,7 @@ OUTCOME_SIGNATURES: Final[Mapping[str, str]] = {
     "error": "s",
     "skipped": "b",
     "runs": "aa{sv}",
+    "abandoned_pid": "u",
 }
 
 

@@ -79,7 +79,9 @@ class Outcome:
     """What the legacy program did with an event (``Event.handler``); None if none ran.
 
     ``runs`` holds each program's own outcome when the broker ran several for the event
-    (``hotplug.d`` mode); ``raw`` is the whole ``a{sv}`` with the Variants unwrapped.
+    (``hotplug.d`` mode); ``abandoned_pid`` is a program that could not be killed after its
+    timeout and was left running (0: none); ``raw`` is the whole ``a{sv}`` with the Variants
+    unwrapped.
     """
 
     program: str
@@ -91,6 +93,7 @@ class Outcome:
     error: str
     raw: Mapping[str, Any]
     runs: tuple[Outcome, ...] = ()
+    abandoned_pid: int = 0
 
     @property
     def ok(self) -> bool:
@@ -115,6 +118,7 @@ class Outcome:
             error=str(plain.get("error", "")),
             raw=plain,
             runs=tuple(cls._from_plain(MappingProxyType(run)) for run in plain.get("runs", ())),
+            abandoned_pid=int(plain.get("abandoned_pid", 0)),
         )
 
 

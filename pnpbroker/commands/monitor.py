@@ -4,6 +4,10 @@ A thin front end over :mod:`pnpbroker.client` (the same package as ``examples/pn
 it only parses options and formats what the subscription yields. One line per event (with
 ``--enumerate``, one per present device first); with ``--property`` every key follows;
 ``--json`` prints one object per line for ``jq``; ``--timestamp`` adds when it was received.
+Device strings are the kernel's and anyone's who can name a device (a network interface name
+may hold an ESC), so control characters never reach the terminal: in text they are written as
+``\\xNN`` (``\\uNNNN`` beyond Latin-1: line separators, bidirectional overrides); in JSON as
+``\\uNNNN`` escapes (json escapes U+0000-U+001F itself, not DEL, C1 or those).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +39,24 @@ from pnpbroker.contract import STOP_SIGNALS, ExitCode
 HELP = "print the broker's events (any user)"
 
 _COLOURS = {"add": "32", "remove": "31", "change": "33", "bind": "36", "unbind": "35"}
+#: C0, DEL, C1, the line and paragraph separators, and the bidirectional marks and overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters written out as escapes (``\\x1b``, ``\\u202e``)."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def json_line(found: dict[str, Any]) -> str:
+    """One JSON line; the characters JSON leaves raw (DEL, C1, ...) as ``\\uNNNN`` escapes."""
+    text = json.dumps(found, ensure_ascii=False)
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +106,8 @@ def describe(outcome: Outcome | None) -> str:
         return "skipped"
     if outcome.error:
         return f"error: {outcome.error}"
+    if outcome.abandoned_pid:
+        return f"timed out, unkillable: pid {outcome.abandoned_pid} abandoned"
     if outcome.timed_out:
         return f"timed out ({outcome.duration:.2f}s)"
     if outcome.signal:
@@ -103,18 +128,19 @@ def format_text(
     a timestamp."""
     stamp = "" if timestamp is None else f"[{timestamp:.6f}] "
     if isinstance(item, EventsLost):
-        uuid = f", resync {item.resync_uuid}" if item.resync_uuid else ""
+        uuid = f", resync {printable(item.resync_uuid)}" if item.resync_uuid else ""
         lost = f"EVENTS LOST after sequence {item.after_sequence}{uuid}"
         return stamp + _paint(lost, "1;31", colour)
+    where = f"{printable(item.devpath)} ({printable(item.subsystem)})"
     if isinstance(item, Device):
-        line = f"{'-':>8} {_paint('present ', '1', colour)} {item.devpath} ({item.subsystem})"
+        line = f"{'-':>8} {_paint('present ', '1', colour)} {where}"
     else:
-        action = _paint(f"{item.action:<8}", _COLOURS.get(item.action), colour)
+        action = _paint(f"{printable(item.action):<8}", _COLOURS.get(item.action), colour)
         failed = item.handler is not None and not item.handler.ok
-        outcome = _paint(describe(item.handler), "31" if failed else None, colour)
-        line = f"{item.sequence:>8} {action} {item.devpath} ({item.subsystem}) {outcome}"
+        outcome = _paint(printable(describe(item.handler)), "31" if failed else None, colour)
+        line = f"{item.sequence:>8} {action} {where} {outcome}"
     if properties:
-        keys = "".join(f"{key}={value}\n" for key, value in item.properties.items())
+        keys = "".join(f"{printable(k)}={printable(v)}\n" for k, v in item.properties.items())
         line = f"{line}\n{keys}"
     return stamp + line
 
@@ -178,7 +204,7 @@ def _pair_matches(item: Item, pairs: list[tuple[str, str]]) -> bool:
 def _render(args: argparse.Namespace, item: Item, colour: bool) -> str:
     stamp = time.monotonic() if args.timestamp else None
     if args.json:
-        return json.dumps(as_json(item, stamp), ensure_ascii=False)
+        return json_line(as_json(item, stamp))
     return format_text(item, properties=args.property, colour=colour, timestamp=stamp)
 
 

@@ -163,7 +163,7 @@ async def _start(cfg: config.Config, args: argparse.Namespace, keys: Mapping[str
     from pnpbroker.sources.choose import SourceOptions
 
     output = parse_fd(args.output) if args.output else None
-    source = open_source(cfg, SourceOptions(args.source, args.helper_socket))
+    source = open_source(cfg, SourceOptions(args.source, args.helper_socket, cfg.helper_window))
     if args.dry_run:
         return await dry_run(cfg, source)
     return await serve(cfg, source, open_journal(cfg), output, args.config, keys)
@@ -203,8 +203,9 @@ async def serve(
     from pnpbroker.core.pipeline import Pipeline
 
     pipeline = Pipeline(cfg, source, journal)
-    if output is not None:
-        pipeline.publisher.followers.append(Output(output, journal))
+    follower = Output(output, journal) if output is not None else None
+    if follower is not None:
+        pipeline.publisher.followers.append(follower)
     os.chdir("/")  # as daemon(3): keep no directory busy; legacy programs start in "/"
     pipeline.reload_hook = lambda: config.load(path, keys)
     loop = asyncio.get_running_loop()
@@ -214,7 +215,11 @@ async def serve(
         loop.add_signal_handler(sig, pipeline.reload)
     program = cfg.hotplug_program or "none"
     log.info("pnpbroker %s: program %s, journal %s", __version__, program, journal.path)
-    return await BusServer(pipeline, cfg.bus_address).run()
+    try:
+        return await BusServer(pipeline, cfg.bus_address).run()
+    finally:
+        if follower is not None:
+            follower.close()
 
 
 class Planner:

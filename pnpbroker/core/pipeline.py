@@ -42,11 +42,18 @@ HOUSEKEEPING_SECONDS = 5.0
 STATUS_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
-COUNTERS = ("received", "rejected_forged", "rejected_malformed", "overflows")
+COUNTERS = ("received", "rejected_forged", "rejected_malformed", "duplicate_keys", "overflows")
 #: Present once re-broadcast is on: datagrams sent, and refused by the kernel.
 REBROADCAST_COUNTERS = ("rebroadcast", "rebroadcast_failed")
 #: Keys a reload cannot change.
-RESTART_KEYS = ("state_dir", "receive_buffer", "bus_address", "forward_socket", "forward_group")
+RESTART_KEYS = (
+    "state_dir",
+    "receive_buffer",
+    "bus_address",
+    "helper_window",
+    "forward_socket",
+    "forward_group",
+)
 
 
 class Sink(Protocol):

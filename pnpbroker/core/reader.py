@@ -3,7 +3,8 @@
 It runs in the loop's ``add_reader`` callback, so a running legacy program never keeps it from
 draining the kernel socket. Each batch is admitted (:func:`pnpbroker.sources.check`) and
 recorded in one transaction before anything else happens to it. Rejected datagrams are counted
-and logged (the first few of each kind, then one in a thousand); an overflow is handed up after
+and logged (the first few of each kind, then one in a thousand), and so are events that give
+a key twice (taken, with the first value); an overflow is handed up after
 what was read before it is recorded; a journal that cannot take a batch pauses reading (the
 kernel keeps queueing) and is retried. ``run --dry-run`` uses this same reader with a store
 that prints instead of journalling.
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pnpbroker.errors import ForgedSender, MalformedUevent
-from pnpbroker.sources import Overflow, Source, check
+from pnpbroker.sources import Item, Overflow, Source, check
 from pnpbroker.uevent import Uevent
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,13 @@ class Reader:
         asyncio.get_running_loop().add_reader(self.source.fileno(), self._on_readable)
 
     def stop(self) -> None:
+        """Stop reading; what the source still holds back (:meth:`Source.flush`) is recorded."""
+        if self._stopped:
+            return
         self._stopped = True
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self.source.fileno())
+        self._take(self.source.flush())
 
     def _on_readable(self) -> None:
         try:
@@ -76,6 +81,12 @@ class Reader:
             self.stop()
             self.on_end(False)
             return
+        self._take(items)
+        if self.source.eof:
+            self.stop()
+            self.on_end(True)
+
+    def _take(self, items: list[Item]) -> None:
         accepted: list[Accepted] = []
         for item in items:
             if isinstance(item, Overflow):
@@ -84,15 +95,17 @@ class Reader:
                 self.on_overflow()
                 continue
             try:
-                accepted.append((check(item), item.data))
+                event = check(item)
             except ForgedSender as exc:
                 self._reject("forged", exc, item.where)
+                continue
             except MalformedUevent as exc:
                 self._reject("malformed", exc, item.where)
+                continue
+            if event.duplicates:
+                self._duplicates(event, item.where)
+            accepted.append((event, item.data))
         self._record(accepted)
-        if self.source.eof:
-            self.stop()
-            self.on_end(True)
 
     def _record(self, accepted: list[Accepted]) -> None:
         """Journal a batch; if the journal cannot take it, stop reading until it can."""
@@ -123,6 +136,21 @@ class Reader:
         if not self._unrecorded:
             log.info("journal writable again; reading resumes")
             self.start()
+
+    def _duplicates(self, event: Uevent, where: str) -> None:
+        """A real event with a key given twice: taken (the first value kept), counted, logged."""
+        self.stats["duplicate_keys"] += 1
+        count = self.stats["duplicate_keys"]
+        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
+            dropped = ", ".join(f"{key}={value!r}" for key, value in event.duplicates)
+            at = f" at {where}" if where else ""
+            log.warning(
+                "event SEQNUM %d%s gives a key twice (%d so far): kept the first value, not %s",
+                event.seqnum,
+                at,
+                count,
+                dropped,
+            )
 
     def _reject(self, kind: str, exc: Exception, where: str) -> None:
         key = f"rejected_{kind}"

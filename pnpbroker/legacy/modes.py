@@ -4,13 +4,18 @@ Each is a :class:`Mode`: given one event it runs what the classic /sbin/hotplug 
 have run, through the shared ``ProgramRunner`` (so timeouts, logging, credentials and limits are
 the same everywhere), and returns the event's :class:`~pnpbroker.outcome.Outcome` (None when
 nothing ran). Directories are read at each event, as /sbin/hotplug did: scripts added later take
-part.
+part. A ``*.hotplug`` file is run only if it is trusted as a root program should be (cron's rule
+for /etc/cron.d): not hidden (the shell's ``*.hotplug`` glob never matched dotfiles), owned by
+root (or the broker's own user), not writable by group or others, and, for a symbolic link,
+the link root's too. Any other is skipped, with a warning once per file and reason.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pnpbroker.legacy.options import SkipPattern
@@ -18,8 +23,12 @@ from pnpbroker.legacy.runner import ProgramRunner, event_environment
 from pnpbroker.outcome import SKIPPED, Outcome, combine
 from pnpbroker.uevent import Uevent
 
+log = logging.getLogger(__name__)
+
 DEFAULT_DIR = "default"
 SUFFIX = ".hotplug"
+#: Told of each script skipped: its path, and why.
+Refused = Callable[[str, str], None]
 
 
 class Mode(Protocol):
@@ -37,8 +46,26 @@ def executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def hotplug_scripts(directory: str, subsystem: str) -> list[str]:
-    """The ``*.hotplug`` programs for one event, in the order they run."""
+def untrusted(path: str) -> str | None:
+    """Why a root process must not run ``path`` (see the module docstring); None if it may."""
+    if os.path.basename(path).startswith("."):
+        return "a hidden file"
+    owners = {0, os.geteuid()}
+    try:
+        link, target = os.lstat(path), os.stat(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    for info in (link, target):
+        if info.st_uid not in owners:
+            return f"owned by uid {info.st_uid}, not root"
+    if target.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "writable by group or others"
+    return None
+
+
+def hotplug_scripts(directory: str, subsystem: str, refused: Refused | None = None) -> list[str]:
+    """The ``*.hotplug`` programs for one event, in the order they run; ``refused`` hears of
+    those skipped as untrusted."""
     subdirs = [subsystem] if component(subsystem) and subsystem != DEFAULT_DIR else []
     found: list[str] = []
     for subdir in [*subdirs, DEFAULT_DIR]:
@@ -47,8 +74,12 @@ def hotplug_scripts(directory: str, subsystem: str) -> list[str]:
             names = sorted(os.listdir(where))
         except OSError:
             continue
-        paths = (os.path.join(where, n) for n in names if n.endswith(SUFFIX))
-        found.extend(path for path in paths if executable(path))
+        for path in (os.path.join(where, n) for n in names if n.endswith(SUFFIX)):
+            if (why := untrusted(path)) is not None:
+                if refused is not None:
+                    refused(path, why)
+            elif executable(path):
+                found.append(path)
     return found
 
 
@@ -83,15 +114,21 @@ class HotplugDirMode:
     def __init__(self, directory: str, runner: ProgramRunner) -> None:
         self.directory = directory
         self.runner = runner
+        self._told: set[tuple[str, str]] = set()
 
     async def run(self, event: Uevent, sequence: int) -> Outcome:
         env = event_environment(event)
         label = f"event {sequence}"
         runs = [
             await self.runner.run([path, event.subsystem], env, label)
-            for path in hotplug_scripts(self.directory, event.subsystem)
+            for path in hotplug_scripts(self.directory, event.subsystem, self._refuse)
         ]
         return combine(self.directory, tuple(runs))
+
+    def _refuse(self, path: str, why: str) -> None:
+        if (path, why) not in self._told:
+            self._told.add((path, why))
+            log.warning("hotplug.d: not running %s: %s", path, why)
 
 
 class AgentMode:

@@ -6,19 +6,28 @@ file (a pipe whose writing end is closed: like /dev/null, but needs nothing in /
 busybox system fills only through this very program).
 Spawning is ``os.posix_spawn`` (vfork-cheap); the exit is awaited on a pidfd so the event loop
 keeps draining the kernel socket meanwhile. On timeout the program's process group gets SIGTERM,
-then SIGKILL after a grace period. Its stdout and stderr go to our log, tagged with the event.
+then SIGKILL after a grace period; a program still there one more grace period after SIGKILL
+cannot be killed (uninterruptible sleep, "D": a hung FUSE or NFS server, a stuck driver) and is
+abandoned: the outcome names its pid, the next event goes on, and it is reaped if it ever exits
+(:mod:`.children`). Its stdout and stderr go to our log, tagged with the event.
+A program gets exactly descriptors 0, 1 and 2: before each start every other descriptor of the
+broker is marked close-on-exec (:func:`inherit_nothing`), whoever opened it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Mapping
 
+from pnpbroker.legacy.children import Child, Children
 from pnpbroker.outcome import Outcome, describe
 from pnpbroker.uevent import Uevent
 
@@ -30,6 +39,10 @@ _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 #: Another way to start a program (``pnpbroker.legacy.spawn``: user, group, limits):
 #: ``(argv, env, stdout_fd, stderr_fd) -> pid`` of a child leading its own process group.
 Spawner = Callable[[list[str], Mapping[str, str], int, int], int]
+#: close_range(2)'s flag: mark the range close-on-exec instead of closing it (Linux 5.11).
+_CLOSE_RANGE_CLOEXEC = 1 << 2
+_SYS_CLOSE_RANGE = 436  # the same number on every architecture (added after the 5.1 unification)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def event_environment(event: Uevent) -> dict[str, str]:
@@ -82,6 +95,7 @@ class ProgramRunner:
         self._watching = False
         self._stdin = empty_input()
         self.spawner: Spawner | None = None  # None: the posix_spawn fast path below
+        self.children = Children()
 
     def _watch(self) -> None:
         if not self._watching:
@@ -91,6 +105,7 @@ class ProgramRunner:
             self._watching = True
 
     def _spawn(self, argv: list[str], env: Mapping[str, str]) -> int:
+        inherit_nothing()
         if self.spawner is not None:
             return self.spawner(argv, env, self._stdout.write_fd, self._stderr.write_fd)
         return os.posix_spawn(
@@ -117,32 +132,46 @@ class ProgramRunner:
         except OSError as exc:
             log.error("%s: cannot run %s: %s", label, argv[0], exc.strerror)
             return Outcome(argv[0], -1, error=f"cannot run: {exc.strerror}")
-        status, timed_out = await self._wait(pid, label)
+        child = self.children.watch(pid)
+        timed_out = await self._wait(child, label)
         for out in (self._stdout, self._stderr):
             out.drain()
             out.finish()
-        code = os.waitstatus_to_exitcode(status)
-        outcome = Outcome(
-            argv[0], max(code, -1), max(-code, 0), timed_out, time.monotonic() - start
-        )
+        duration = time.monotonic() - start
+        if child.status is None:
+            return Outcome(argv[0], -1, 0, True, duration, abandoned_pid=pid)
+        code = os.waitstatus_to_exitcode(child.status)
+        outcome = Outcome(argv[0], max(code, -1), max(-code, 0), timed_out, duration)
         if code != 0:
             log.warning("%s: %s %s", label, argv[0], describe(outcome))
         return outcome
 
-    async def _wait(self, pid: int, label: str) -> tuple[int, bool]:
-        pidfd = os.pidfd_open(pid)
-        try:
-            if await _readable(pidfd, self.timeout):
-                return _reap(pid), False
-            log.error("%s: %g s timeout, sending SIGTERM to pid %d", label, self.timeout, pid)
-            _killpg(pid, signal.SIGTERM)
-            if not await _readable(pidfd, self.grace):
-                log.error("%s: still running after %g s, sending SIGKILL", label, self.grace)
-                _killpg(pid, signal.SIGKILL)
-                await _readable(pidfd, None)
-            return _reap(pid), True
-        finally:
-            os.close(pidfd)
+    async def _wait(self, child: Child, label: str) -> bool:
+        """Wait for the program's end, killing it after the timeout; True if it timed out.
+
+        A program still there ``grace`` seconds after SIGKILL is left behind (``child.status``
+        stays None) and reaped, with a log line, if it ever exits.
+        """
+        pid = child.pid
+        if await child.wait(self.timeout):
+            return False
+        log.error("%s: %g s timeout, sending SIGTERM to pid %d", label, self.timeout, pid)
+        _killpg(pid, signal.SIGTERM)
+        if await child.wait(self.grace):
+            return True
+        log.error("%s: still running after %g s, sending SIGKILL", label, self.grace)
+        _killpg(pid, signal.SIGKILL)
+        if await child.wait(self.grace):
+            return True
+        log.error(
+            "%s: pid %d still there %g s after SIGKILL: it cannot be killed (uninterruptible "
+            "sleep, state D: a hung file system or driver); abandoned, the next event goes on",
+            label,
+            pid,
+            self.grace,
+        )
+        child.on_exit = functools.partial(_abandoned_exit, label)
+        return True
 
     def close(self) -> None:
         if self._watching:
@@ -150,6 +179,7 @@ class ProgramRunner:
             loop.remove_reader(self._stdout.read_fd)
             loop.remove_reader(self._stderr.read_fd)
             self._watching = False
+        self.children.close()
         self._stdout.close()
         self._stderr.close()
         os.close(self._stdin)
@@ -167,26 +197,27 @@ def _killpg(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _reap(pid: int) -> int:
-    """The wait status of a child whose pidfd said it exited (so this does not block)."""
-    return os.waitpid(pid, os.WNOHANG)[1]
+def _abandoned_exit(label: str, child: Child) -> None:
+    status = os.waitstatus_to_exitcode(child.status or 0)
+    how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+    log.warning("%s: abandoned pid %d ended at last (%s); reaped", label, child.pid, how)
 
 
-async def _readable(fd: int, limit: float | None) -> bool:
-    """Wait until ``fd`` is readable (a pidfd: the process exited); False on timeout."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
+def inherit_nothing() -> None:
+    """Mark every descriptor from 3 up close-on-exec: a program gets only 0, 1 and 2.
 
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, wake)
+    Whatever the broker inherited (``--source fd:N``, descriptors left open by whoever started
+    it) and whatever a library opened without O_CLOEXEC. One close_range(2) call; where the
+    kernel has none (before 5.11), each descriptor listed in /proc/self/fd.
+    """
+    args = (ctypes.c_long(3), ctypes.c_long(0xFFFFFFFF), ctypes.c_long(_CLOSE_RANGE_CLOEXEC))
+    if _libc.syscall(ctypes.c_long(_SYS_CLOSE_RANGE), *args) == 0:
+        return
     try:
-        async with asyncio.timeout(limit):
-            await ready
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(fd)
-    return True
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # no /proc either (early boot): every possible descriptor
+        fds = list(range(min(resource.getrlimit(resource.RLIMIT_NOFILE)[0], 1 << 16)))
+    for fd in fds:
+        if fd >= 3:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)

@@ -1,11 +1,14 @@
 """Where uevents come from. Every source yields the same items; :func:`check` admits them.
 
 A source has ``fileno()`` (so any loop can watch it), ``read_batch()`` (drain what is ready
-without blocking) and ``close()``; ``eof`` turns true when a stream source has ended.
+without blocking), ``flush()`` (what it still holds back, handed over when reading stops: the
+helper socket's reorder window) and ``close()``; ``eof`` turns true when a stream source has
+ended.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from typing import Protocol
@@ -15,6 +18,7 @@ from pnpbroker.uevent import Uevent, parse
 
 KERNEL_PORT = 0
 _UCRED = struct.Struct("iII")  # pid, uid, gid
+_SEQNUM = re.compile(rb"\0SEQNUM=([0-9]{1,20})\0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,8 @@ class Source(Protocol):
 
     def read_batch(self) -> list[Item]: ...
 
+    def flush(self) -> list[Item]: ...
+
     def close(self) -> None: ...
 
 
@@ -57,6 +63,14 @@ def check(item: Datagram) -> Uevent:
     if item.truncated:
         raise MalformedUevent(f"oversized: more than {len(item.data)} bytes", item.data[:256])
     return parse(item.data)
+
+
+def seqnum_of(item: Datagram) -> int | None:
+    """The SEQNUM of an admissible datagram, cheaply (no full parse); None otherwise."""
+    if item.sender != KERNEL_PORT or item.uid != 0 or item.truncated:
+        return None
+    match = _SEQNUM.search(item.data)
+    return int(match.group(1)) if match else None
 
 
 def ucred_uid(payload: bytes) -> int | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pnpbroker.errors import ConfigError
-from pnpbroker.sources import Source
+from pnpbroker.sources import Source, reorder
 from pnpbroker.sources.fd import listen_fds, open_fd
 from pnpbroker.sources.helper import HelperSource
 from pnpbroker.sources.merge import Merged
@@ -29,6 +29,7 @@ class SourceOptions:
 
     source: str = ""
     helper_socket: Path | None = None
+    helper_window: float = reorder.SECONDS
 
 
 def _primary(spec: str, receive_buffer: int) -> Source:
@@ -58,7 +59,7 @@ def open_sources(options: SourceOptions, receive_buffer: int) -> Source:
     if options.helper_socket is None:
         return primary
     try:
-        helper = HelperSource(options.helper_socket)
+        helper = HelperSource(options.helper_socket, options.helper_window)
     except OSError:
         primary.close()
         raise

@@ -10,17 +10,15 @@ so an unprivileged sender cannot make us skip a real event by sending its SEQNUM
 from __future__ import annotations
 
 import logging
-import re
 import select
 from collections import deque
 
-from pnpbroker.sources import KERNEL_PORT, Datagram, Item, Source
+from pnpbroker.sources import Datagram, Item, Source, seqnum_of
 
 log = logging.getLogger(__name__)
 
 #: SEQNUMs remembered. The helper runs asynchronously, so it may lag netlink by a whole storm.
 WINDOW = 65536
-_SEQNUM = re.compile(rb"\0SEQNUM=([0-9]{1,20})\0")
 
 
 class RecentSeqnums:
@@ -40,14 +38,6 @@ class RecentSeqnums:
         if len(self._order) > self.size:
             self._seen.discard(self._order.popleft())
         return True
-
-
-def seqnum_of(item: Datagram) -> int | None:
-    """The SEQNUM of an admissible datagram, cheaply (no full parse); None otherwise."""
-    if item.sender != KERNEL_PORT or item.uid != 0 or item.truncated:
-        return None
-    match = _SEQNUM.search(item.data)
-    return int(match.group(1)) if match else None
 
 
 class Merged:
@@ -83,6 +73,9 @@ class Merged:
                 continue
             fresh.append(item)
         return fresh
+
+    def flush(self) -> list[Item]:
+        return [item for source in self.sources for item in self._fresh(source.flush())]
 
     def close(self) -> None:
         self._epoll.close()

@@ -94,5 +94,8 @@ class NetlinkSource:
             items.append(Datagram(data, address[0], uid, truncated=bool(flags & socket.MSG_TRUNC)))
         return items
 
+    def flush(self) -> list[Item]:
+        return []
+
     def close(self) -> None:
         self.sock.close()

@@ -101,6 +101,9 @@ class StreamSource:
         self._buffer = b""
         return []
 
+    def flush(self) -> list[Item]:
+        return []
+
     def close(self) -> None:
         self.file.close()
         if self._ready is not None:

@@ -105,6 +105,9 @@ class FakeSource:
         self.eof = self._ending
         return items
 
+    def flush(self) -> list[Item]:
+        return []
+
     def close(self) -> None:
         os.close(self._read)
         os.close(self._write)
