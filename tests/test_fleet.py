@@ -10,6 +10,7 @@ that each host's sequence arrives whole and in order, and that the test's links 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -24,6 +25,8 @@ from pathlib import Path
 import pytest
 from support.broker import BrokerProcess
 from support.bus import SystemBus
+from support.collector import connect, disconnect
+from support.coreclient import statistics
 from support.fleet import FleetMonitorProcess, Line, retained, sequences, write_toml
 from support.mosquitto import CertificateAuthority, Mosquitto, TlsFiles
 from support.netns import NetNS
@@ -110,6 +113,16 @@ def wait_journalled(fleet: Fleet, devpaths: str, count: int, timeout: float = 12
         time.sleep(0.05)
 
 
+async def forwarded_statistic(fleet: Fleet) -> int:
+    """The broker's Statistics["forwarded"], over the bus."""
+    assert fleet.broker.bus is not None
+    bus = await connect(fleet.broker.bus.address)
+    try:
+        return (await statistics(bus))["forwarded"]
+    finally:
+        await disconnect(bus)
+
+
 def journalled(fleet: Fleet) -> int:
     with contextlib.closing(fleet.journal()) as db:
         return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -150,6 +163,7 @@ def test_every_event_forwarded_in_order(fleet: Fleet) -> None:
         monitor.wait_for(links_seen(names, "remove"))
         seqs = assert_whole(monitor)
         assert forwarder.stop() == 0
+        assert asyncio.run(forwarded_statistic(fleet)) >= seqs[-1]
     first = monitor.events[0]
     assert set(first) == {
         "host", "sequence", "journal_id", "action", "subsystem", "devpath", "properties",

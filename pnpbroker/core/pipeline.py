@@ -149,6 +149,8 @@ class Pipeline:
             handled=self.journal.handled,
             queued=self.journal.last - self.journal.handled,
         )
+        if self.feed is not None:
+            stats["forwarded"] = self.journal.forwarded
         return stats
 
     def _rebroadcaster(self, config: Config) -> Rebroadcaster | None:
@@ -252,9 +254,10 @@ class Pipeline:
         """What ``systemctl status`` shows: events handled, the queue, what was published."""
         stats = self.statistics()
         paused = ", paused" if self.paused else ""
+        forwarded = f", forwarded through {stats['forwarded']}" if "forwarded" in stats else ""
         return (
             f"{stats['handled']} events handled, {stats['queued']} queued, "
-            f"{stats['published']} published{paused}"
+            f"{stats['published']} published{forwarded}{paused}"
         )
 
     async def _report_status(self) -> None:
