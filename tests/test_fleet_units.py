@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.fakes import uevent
@@ -197,3 +198,69 @@ def test_user_properties_are_packed_as_paho_packs_them(pairs: list[tuple[str, st
     theirs = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     theirs.UserProperty = pairs
     assert UserProperties(pairs).pack() == theirs.pack()  # type: ignore[no-untyped-call]
+
+
+class FakeSession:
+    """Stands in for the MQTT session (paho and a server): records what is published; the
+    test acknowledges with ``puback``."""
+
+    def __init__(self, cfg: object, **callbacks: Any) -> None:
+        self.on_ack = callbacks["on_ack"]
+        self.published: list[tuple[str, bytes, Any]] = []
+        self.window = 100
+
+    def publish(self, topic: str, payload: bytes, *, token: Any = None, **_: object) -> None:
+        self.published.append((topic, payload, token))
+
+    def has_room(self, reserve: int = 0) -> bool:
+        return True
+
+    def puback(self, index: int) -> None:
+        self.on_ack(self.published[index][2])
+
+
+class FakeFeed:
+    """The forwarder's end of the feed socket: what it writes."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.lines.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _event_line(sequence: int) -> bytes:
+    return frames.event(Record(sequence, uevent(sequence), None, 0.0), "j1")
+
+
+async def test_forwarder_acks_contiguous_pubacks_and_skips_what_paho_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pnpbroker.fleet import forwarder as module
+
+    monkeypatch.setattr(module, "Session", FakeSession)
+    fwd = module.Forwarder(from_mapping({"broker": "m", "host": "h"}))
+    session, feed = fwd.mqtt, FakeFeed()
+    assert isinstance(session, FakeSession)
+    fwd._feed = feed  # type: ignore[assignment]
+    fwd.journal_id = "j1"
+    for n in (1, 2, 3):
+        fwd._take(frames.read(_event_line(n), "h", "j1"))
+    assert [t for t, _, _ in session.published] == ["pnpbroker/h/events/net/add"] * 3
+    session.puback(1)  # sequence 2 first: the cursor may not pass 1 yet
+    await asyncio.sleep(0)
+    assert feed.lines == []
+    session.puback(0)
+    await asyncio.sleep(0)
+    assert feed.lines == [frames.ack(2)]
+    fwd.seen = fwd.written = 0  # the broker restarted: it sends from its (older) cursor
+    for n in (1, 2, 3):
+        fwd._take(frames.read(_event_line(n), "h", "j1"))
+    assert len(session.published) == 3  # nothing twice
+    assert feed.lines[-1] == frames.ack(2)
+    session.puback(2)
+    await asyncio.sleep(0)
+    assert feed.lines[-1] == frames.ack(3)
