@@ -271,21 +271,31 @@ def test_network_cut_and_restored(
 def test_wrong_password_is_a_clear_error_and_journalling_goes_on(
     system_bus: SystemBus, netns: NetNS, tmp_path: Path
 ) -> None:
-    mqtt = Mosquitto(tmp_path / "mosquitto", netns=netns, passwords={HOST: "right"})
-    secrets = tmp_path / "secrets.toml"
-    write_toml(secrets, {"username": HOST, "password": "wrong"}).chmod(0o600)
-    with (
-        running_fleet(system_bus, netns, tmp_path, mqtt) as fleet,
-        fleet.forwarder(secrets=str(secrets)) as forwarder,
-    ):
-        # mosquitto answers a wrong password with 0x87 (not authorized), not 0x86
-        wait_log(forwarder, "refused us (client id 'pnpt-host-a'): Not authorized; check the")
-        fleet.netns.burst(50, prefix="fp")
-        fleet.broker.stop()
-        assert journalled(fleet) >= 150  # 50 links, each with its two queues
-        assert cursor(fleet) == 0
-        assert forwarder.proc is not None
-        assert forwarder.proc.poll() is None  # still trying
+    users = {HOST: "right", "pnpt-fleet": "watch"}
+    mqtt = Mosquitto(tmp_path / "mosquitto", netns=netns, passwords=users)
+    wrong, right, watch = (
+        write_toml(tmp_path / f"{name}.secrets", {"username": user, "password": password})
+        for name, user, password in (
+            ("wrong", HOST, "wrong"), ("right", HOST, "right"), ("watch", "pnpt-fleet", "watch")
+        )
+    )  # fmt: skip
+    for path in (wrong, right, watch):
+        path.chmod(0o600)
+    with running_fleet(system_bus, netns, tmp_path, mqtt) as fleet:
+        with fleet.forwarder(secrets=str(wrong)) as forwarder:
+            # mosquitto answers a wrong password with 0x87 (not authorized), not 0x86
+            wait_log(forwarder, "refused us (client id 'pnpt-host-a'): Not authorized; check the")
+            names = fleet.netns.burst(50, prefix="fp")
+            wait_journalled(fleet, "/fp", 3 * len(names))
+            assert cursor(fleet) == 0
+            assert forwarder.proc is not None
+            assert forwarder.proc.poll() is None  # still trying
+        with (
+            fleet.monitor(secrets=str(watch)) as monitor,
+            fleet.forwarder(secrets=str(right)),
+        ):
+            monitor.wait_for(links_seen(names))  # journalled meanwhile, forwarded now
+            assert_whole(monitor)
 
 
 def test_secrets_others_can_read_are_refused(tmp_path: Path) -> None:
