@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import broker, coldplug, devices, fleet, measures, storm
+from bench import broker, coldplug, devices, faults, fleet, measures, storm
 from bench.measures import Config, Values
 
 
@@ -174,6 +174,60 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("broker throughput", broker.broker_throughput, BROKER_THROUGHPUT),
     Measurement("broker latency", broker.broker_latency, BROKER_LATENCY),
     Measurement("broker rebroadcast", broker.broker_rebroadcast, BROKER_REBROADCAST),
+    Measurement(
+        "broker load",
+        faults.broker_load,
+        tuple(
+            Figure(
+                f"load.busy.p{q}",
+                f"broker: latency p{q}, steady, 32 nobody connections looping GetEvents over "
+                "50,000 journalled events",
+                "ms",
+                f"load.quiet.p{q}",
+            )
+            for q in (50, 99)
+        )
+        + tuple(
+            Figure(
+                f"load.quiet.p{q}", f"broker: latency p{q}, steady, same journal, no readers", "ms"
+            )
+            for q in (50, 99)
+        )
+        + (Figure("load.rows", "journal rows served to those readers meanwhile", "rows/s"),),
+    ),
+    Measurement(
+        "broker sync",
+        faults.broker_sync,
+        (
+            Figure(
+                "sync.full.legacy",
+                'broker with /bin/true, journal_sync = "full" (default): events/s',
+                "ev/s",
+                "sync.normal.legacy",
+            ),
+            Figure("sync.normal.legacy", 'broker with /bin/true, journal_sync = "normal"', "ev/s"),
+            Figure(
+                "sync.full.none",
+                'broker, no program, journal_sync = "full": events/s, queued burst',
+                "ev/s",
+                "sync.normal.none",
+            ),
+            Figure("sync.normal.none", 'broker, no program, journal_sync = "normal"', "ev/s"),
+            *(
+                Figure(
+                    f"sync.full.p{q}",
+                    f'broker: latency p{q}, steady, journal_sync = "full"',
+                    "ms",
+                    f"sync.normal.p{q}",
+                )
+                for q in (50, 99)
+            ),
+            *(
+                Figure(f"sync.normal.p{q}", f'broker: latency p{q}, steady, "normal"', "ms")
+                for q in (50, 99)
+            ),
+        ),
+    ),
     Measurement(
         "spawn",
         measures.spawn_limit,

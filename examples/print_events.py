@@ -17,17 +17,17 @@ import json
 import os
 from pathlib import Path
 
-from pnpclient import ClientError, Device, EventsLost, Item, subscribe
+from pnpclient import ClientError, Device, EventsLost, Item, Position, subscribe
 
 
-def _start(args: argparse.Namespace) -> int | None:
+def _start(args: argparse.Namespace) -> Position | int | None:
     if args.state is not None and args.state.exists():
-        return int(args.state.read_text())
+        return Position.parse(args.state.read_text())  # JOURNALID:SEQUENCE: checked on resume
     since: int | None = args.since
     return since
 
 
-def _save(path: Path, position: int) -> None:
+def _save(path: Path, position: Position) -> None:
     """Write the position atomically, so a crash leaves the old or the new one."""
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(f"{position}\n")
@@ -36,7 +36,7 @@ def _save(path: Path, position: int) -> None:
 
 def _record(item: Item) -> dict[str, object]:
     if isinstance(item, EventsLost):
-        return {"events_lost": item.after_sequence, "uuid": item.resync_uuid}
+        return {"sequence": item.sequence, "events_lost": True, "uuid": item.resync_uuid}
     if isinstance(item, Device):
         return {"device": item.devpath, "properties": dict(item.properties)}
     return {

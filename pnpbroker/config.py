@@ -40,6 +40,8 @@ class Config:
     receive_buffer: int = 128 << 20
     retention_events: int = 100_000
     retention_days: float = 7.0
+    journal_max_events: int = 1_000_000
+    journal_sync: str = "full"
     log_level: str = "info"
     bus_address: str = ""
     helper_window: float = reorder.SECONDS  # seconds a helper datagram waits for earlier ones
@@ -63,6 +65,10 @@ class Config:
 
 
 _LEVELS = ("debug", "info", "warning", "error")
+_SYNC = ("full", "normal")
+#: The smallest journal cap: room for a resync of a small system's devices.
+MIN_JOURNAL_EVENTS = 1000
+ADDRESS_ENV = "DBUS_SYSTEM_BUS_ADDRESS"
 
 
 def _size(key: str, value: object) -> int:
@@ -81,10 +87,16 @@ def _number(key: str, value: object) -> float:
 def _convert(key: str, value: object) -> object:
     if key in ("timeout", "kill_grace", "retention_days", "helper_window"):
         return _number(key, value)
-    if key in ("receive_buffer", "retention_events"):
+    if key in ("receive_buffer", "retention_events", "journal_max_events"):
         number = _size(key, value)
         if number <= 0:
             raise ConfigError(key, f"must be positive, got {number}")
+        if key == "journal_max_events" and number < MIN_JOURNAL_EVENTS:
+            raise ConfigError(
+                key,
+                f"at least {MIN_JOURNAL_EVENTS}, got {number} (a resync re-announces every "
+                "device: the journal must hold them)",
+            )
         return number
     if key in legacy.KEYS:
         return legacy.convert(key, value)
@@ -98,7 +110,25 @@ def _convert(key: str, value: object) -> object:
         return Path(value)
     if key == "log_level" and value not in _LEVELS:
         raise ConfigError(key, f"expected one of {', '.join(_LEVELS)}, got {value!r}")
+    if key == "journal_sync" and value not in _SYNC:
+        raise ConfigError(key, f"expected one of {', '.join(_SYNC)}, got {value!r}")
+    if key == "bus_address" and value:
+        check_bus_address(value, key)
     return value
+
+
+def check_bus_address(address: str, where: str) -> None:
+    """ConfigError (key ``bus_address``) unless ``address`` parses as a D-Bus address:
+    ``transport:key=value,...``, several separated by ``;``. Whether a bus answers there is
+    the bus keeper's business (it retries); an address that does not parse never works."""
+    for part in address.split(";"):
+        transport, colon, options = part.partition(":")
+        pairs = [pair.partition("=") for pair in options.split(",")] if options else []
+        if not (colon and transport and all(k and eq for k, eq, _ in pairs)):
+            raise ConfigError(
+                "bus_address",
+                f"{where}={address!r} is not a D-Bus address (transport:key=value,...)",
+            )
 
 
 def from_mapping(data: Mapping[str, object], base: Config | None = None) -> Config:
@@ -126,4 +156,7 @@ def load(path: Path | None, overrides: Mapping[str, object] = {}) -> Config:
         raise ConfigError(str(where), f"not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(str(where), exc.strerror or str(exc)) from None
-    return from_mapping(overrides, from_mapping(data))
+    config = from_mapping(overrides, from_mapping(data))
+    if not config.bus_address and (env := os.environ.get(ADDRESS_ENV)):
+        check_bus_address(env, ADDRESS_ENV)
+    return config

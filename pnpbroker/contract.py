@@ -30,8 +30,9 @@ MEANINGS: Final[dict[ExitCode, str]] = {
     ExitCode.CONFIG: "bad configuration (the message names the key), or a handed-over fd that is "
     "not a uevent datagram socket",
     ExitCode.USAGE: "usage error",
-    ExitCode.SYSTEM: "a system call failed (socket, journal, bus unreachable), or another broker "
-    "owns org.pnp.Broker",
+    ExitCode.SYSTEM: "a system call failed (socket, a journal it cannot use, bus unreachable), "
+    "another broker owns org.pnp.Broker, or a background task stopped (the log says which); the "
+    "service manager restarts the broker",
 }
 
 #: Signals that stop the broker (and ``monitor``): finish the running program, publish what is

@@ -37,3 +37,12 @@ class SourceError(OSError, BrokerError):
 
 class RebroadcastError(OSError, BrokerError):
     """A re-broadcast socket that cannot be opened (``rebroadcast``)."""
+
+
+class NoLongerJournalled(LookupError, BrokerError):
+    """A read asked for entries the journal no longer holds (retention or its cap removed them)."""
+
+    def __init__(self, wanted: int, oldest: int) -> None:
+        super().__init__(f"sequence {wanted} is no longer journalled (oldest held: {oldest})")
+        self.wanted = wanted
+        self.oldest = oldest

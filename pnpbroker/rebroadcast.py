@@ -3,6 +3,9 @@
 A :class:`Rebroadcaster` is a sink of the handler stage: each time the ``handled`` cursor moves
 (an event's program finished and its outcome is stored), :meth:`Rebroadcaster.advance` reads
 the events up to it from the journal and sends them, in sequence order, from where it stopped.
+A loss in the journal sends nothing: netlink has no word for it, and the resync it names
+re-announces the devices as events like any others (libudev's own listeners learn of a loss of
+theirs by ENOBUFS, as from udevd).
 Each target is a format and a set of netlink multicast groups of ``NETLINK_KOBJECT_UEVENT``:
 
 - ``kernel:GROUPS``: the kernel's format to the groups in the bitmask GROUPS, as ``mdevd -O``
@@ -133,9 +136,6 @@ class Rebroadcaster:
         if self._again is None:
             self._send_some()
 
-    def lost(self, after: int, resync_uuid: str) -> None:
-        """Netlink has no word for lost events: the resync's events follow as any others."""
-
     def _send_some(self) -> None:
         """Up to TURN events now; the rest after the loop had a turn (a long backlog with no
         program must not keep the reader from the kernel's socket)."""
@@ -144,7 +144,8 @@ class Rebroadcaster:
         while self.sent_through < self.through and left > 0:
             records = self.journal.between(self.sent_through, self.through, min(PAGE, left))
             for record in records:
-                self.send(record)
+                if isinstance(record, Record):  # a loss: netlink has no word for it
+                    self.send(record)
             self.sent_through = records[-1].sequence if records else self.through
             left -= len(records)
         if self.sent_through < self.through:

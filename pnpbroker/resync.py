@@ -6,6 +6,8 @@ signal names. Resyncs are coalesced: at most one in flight and one queued; an ov
 runs is covered by the queued one (it starts after the current walk, so it also covers devices
 the current walk already passed). The walk and the writes run in a thread; the loop keeps
 reading the kernel meanwhile, which is what keeps the re-sent events from overflowing again.
+While the journal is at its cap the resync is *held* (its events would be dropped too): the
+request gets its UUID at once, and the walk starts on :meth:`Resync.release`.
 """
 
 from __future__ import annotations
@@ -68,10 +70,27 @@ class Resync:
         self.count = 0
         self._running: asyncio.Task[None] | None = None
         self._queued: str | None = None
+        self._held = False
+
+    @property
+    def busy(self) -> bool:
+        """A resync runs, or one waits to."""
+        return self._running is not None or self._queued is not None
+
+    def hold(self) -> None:
+        """Start nothing new until :meth:`release` (requests meanwhile share one UUID)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Start what was requested while held (after the running one, if any)."""
+        self._held = False
+        if self._running is None and self._queued is not None:
+            uuid, self._queued = self._queued, None
+            self._start(uuid)
 
     def request(self) -> str:
         """Ask for a resync; returns the SYNTH_UUID that will carry it."""
-        if self._running is None:
+        if self._running is None and not self._held:
             uuid = str(uuidlib.uuid4())
             self._start(uuid)
             return uuid
@@ -96,6 +115,6 @@ class Resync:
                 len(result.failed),
             )
         self._running = None
-        if self._queued is not None:
+        if self._queued is not None and not self._held:
             uuid, self._queued = self._queued, None
             self._start(uuid)

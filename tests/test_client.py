@@ -174,7 +174,9 @@ async def test_client_resumes_from_saved_position(
         async with subscribe(after=0) as events:
             before = await take_until(events, all_of(ifb_added(first), 4))
             saved = events.position
-        assert saved == before[-1].sequence
+        assert saved is not None
+        assert saved.sequence == before[-1].sequence
+        assert saved.journal_id
         second = await add_ifbs(netns, "b", 10)
         async with subscribe(after=saved) as events:
             after = await take_until(events, all_of(ifb_added(first | second), 16))
@@ -362,5 +364,7 @@ def print_events_until(
         got += [json.loads(line) for line in proc.stdout.read().splitlines()]
     finally:
         stop(proc)
-    assert int(state.read_text()) == got[-1]["sequence"]
+    journal_id, _, sequence = state.read_text().strip().rpartition(":")
+    assert journal_id
+    assert int(sequence) == got[-1]["sequence"]
     return got

@@ -78,7 +78,7 @@ from pnpbroker.client import Event, subscribe
 
 def show(events):
     devices = sorted(d.devpath for d in events.devices)
-    print(json.dumps({"sequence": events.position, "devices": devices}), flush=True)
+    print(json.dumps({"sequence": events.position.sequence, "devices": devices}), flush=True)
 
 async def main():
     async with subscribe(subsystem="net", enumerate=True) as events:
@@ -100,7 +100,7 @@ def show(item=None):
     if item is None or isinstance(item, Event):
         sub = observer.subscription
         devices = sorted(d.devpath for d in sub.devices)
-        print(json.dumps({"sequence": sub.position, "devices": devices}), flush=True)
+        print(json.dumps({"sequence": sub.position.sequence, "devices": devices}), flush=True)
 
 observer = Observer(show, subsystem="net", enumerate=True)
 observer.start()
@@ -119,7 +119,7 @@ from pnpbroker.client.glib import GLibSubscription
 def show(item=None):
     if item is None or isinstance(item, Event):
         devices = sorted(d.devpath for d in sub.devices)
-        print(json.dumps({"sequence": sub.position, "devices": devices}), flush=True)
+        print(json.dumps({"sequence": sub.position.sequence, "devices": devices}), flush=True)
 
 sub = GLibSubscription(show, on_error=lambda e: sys.exit(f"failed: {e}"), on_started=show,
                        subsystem="net", enumerate=True)
@@ -317,7 +317,7 @@ async def test_enumerate_then_subscribe_holds_under_a_burst(
         assert events.devices is not None
         view = [d.devpath for d in events.devices]
     assert start is not None
-    assert all(sequence > start for sequence in delivered)
+    assert all(sequence > start.sequence for sequence in delivered)
     assert delivered == sorted(set(delivered))
     _, table = await devices(subsystem="net", address=system_bus.address)
     assert view == [d.devpath for d in table]

@@ -151,7 +151,7 @@ def test_lost_events_are_made_good_by_a_rescan(
         assert set(after) == net_names(netns)
         assert not {f"x{i}" for i in range(5)} & set(after)
         assert "device table: " in broker.log()
-        wait_for(lambda: (client.subscription.position or 0) >= last)
+        wait_for(lambda: getattr(client.subscription.position, "sequence", 0) >= last)
     finally:
         client.stop()
         broker.close()

@@ -130,7 +130,8 @@ def journalled(fleet: Fleet) -> int:
 
 def cursor(fleet: Fleet, name: str = "forwarded") -> int:
     with contextlib.closing(fleet.journal()) as db:
-        return int(db.execute("SELECT seq FROM cursors WHERE name=?", (name,)).fetchone()[0])
+        row = db.execute("SELECT seq FROM cursors WHERE name=?", (name,)).fetchone()
+        return int(row[0]) if row else 0  # the row is written at the first save
 
 
 def links_seen(names: list[str], action: str = "add") -> Callable[[list[Line]], bool]:
@@ -232,6 +233,31 @@ def test_broker_killed_mid_burst_the_forwarder_sends_nothing_twice(fleet: Fleet)
         assert_whole(monitor)
         assert not monitor.reports, monitor.reports  # the forwarder skipped what paho had
         wait_log(forwarder, "broker feed connected", count=2)
+
+
+def test_a_kernel_overflow_reaches_the_fleet_at_its_place(
+    system_bus: SystemBus, netns: NetNS, tmp_path: Path
+) -> None:
+    feed = tmp_path / "feed.sock"
+    conf = write_toml(tmp_path / "broker.toml", {"forward_socket": str(feed)})
+    args = ["--no-program", "-c", str(conf), "--receive-buffer", "4096"]
+    with (
+        Mosquitto(tmp_path / "mosquitto", netns=netns) as mqtt,
+        BrokerProcess(system_bus, tmp_path / "state", args, netns=netns) as broker,
+    ):
+        fleet = Fleet(tmp_path, netns, broker, mqtt, feed)
+        with fleet.monitor() as monitor, fleet.forwarder():
+            broker.send_signal(signal.SIGSTOP)  # a burst overflows its tiny buffer
+            fleet.netns.burst(200, prefix="fo")
+            broker.send_signal(signal.SIGCONT)
+            after = fleet.netns.burst(5, prefix="fa")  # after the loss: they come through
+            monitor.wait_for(links_seen(after))
+            losses = [r for r in monitor.reports if r["report"] == "lost"]
+    assert len(losses) >= 1, monitor.reports
+    assert all(r["first"] == r["last"] for r in losses)  # each a journal entry of its own
+    whole = sorted([*sequences(monitor.events, HOST), *(r["first"] for r in losses)])
+    assert whole == list(range(1, len(whole) + 1))
+    assert not [r for r in monitor.reports if r["report"] in ("gap", "repeat")], monitor.reports
 
 
 @pytest.fixture

@@ -44,9 +44,14 @@ def test_event_frame_carries_the_payload_and_the_topic() -> None:
 
 
 def test_lost_frame_becomes_a_loss_message() -> None:
-    message = frames.read(frames.lost(5, 9), "h", "jid")
+    message = frames.read(frames.lost(5, 9, frames.RETENTION), "h", "jid")
     assert (message.first, message.last, message.topic) == (5, 9, frames.LOST_TOPIC)
-    assert json.loads(message.payload) == {"host": "h", "journal_id": "jid", "first": 5, "last": 9}
+    assert json.loads(message.payload) == {
+        "host": "h", "journal_id": "jid", "first": 5, "last": 9, "kind": "retention",
+        "resync_uuid": "",
+    }  # fmt: skip
+    message = frames.read(frames.lost(7, 7, frames.STREAM, "u-1"), "h", "jid")
+    assert json.loads(message.payload)["resync_uuid"] == "u-1"
 
 
 @pytest.mark.parametrize("line", [b"", b"event x y z\n", b"lost 1\n", b"ack 3\n", b"hello 1 j\n"])
@@ -145,7 +150,7 @@ async def test_feed_sends_from_the_cursor_within_its_window(tmp_path: Path) -> N
     try:
         assert (tmp_path / "feed.sock").stat().st_mode & 0o777 == 0o600
         journal_id, lines = await _forwarder(tmp_path / "feed.sock", [])
-        assert journal_id == journal.id
+        assert journal_id == journal.journal_id
         sent = [frames.read(line, "h", journal_id).last for line in lines]
         assert sent == list(range(5, 5 + WINDOW))  # from the cursor, a window and no more
         _, lines = await _forwarder(tmp_path / "feed.sock", [10])  # a new connection
@@ -166,7 +171,7 @@ async def test_feed_reports_what_retention_took_and_refuses_bad_acks(
     await feed.start()
     try:
         _, lines = await _forwarder(tmp_path / "feed.sock", [])
-        assert lines[0] == frames.lost(1, 25)
+        assert lines[0] == frames.lost(1, 25, frames.RETENTION)
         assert [frames.read(line, "h", "").last for line in lines[1:]] == list(range(26, 31))
         await _forwarder(tmp_path / "feed.sock", [99])  # never sent: the feed hangs up
         assert journal.forwarded == 0

@@ -113,6 +113,15 @@ ROWS: dict[str, list[Form]] = {
         toml_form("retention_days = 7", "retention_days", 7.0),
         toml_form("retention_days = 1.5", "retention_days", 1.5),
     ],
+    "`journal_max_events`": [
+        toml_form("journal_max_events = 1000000", "journal_max_events", 1_000_000),
+        toml_form('journal_max_events = "1M"', "journal_max_events", 1 << 20),
+        toml_form("journal_max_events = 5000", "journal_max_events", 5000),
+    ],
+    "`journal_sync`": [
+        toml_form('journal_sync = "full"', "journal_sync", "full"),
+        toml_form('journal_sync = "normal"', "journal_sync", "normal"),
+    ],
     "`--bus-address ADDR`": [
         cli_form(
             "--bus-address", "unix:path=/run/pnpt", field="bus_address", value="unix:path=/run/pnpt"

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from support.fakes import FakeLink, FakeMode, FakeSource, datagram, uevent, until
+from support.fakes import FakeLink, FakeMode, FakeSource, datagram, records, uevent, until
 
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
@@ -27,7 +27,7 @@ from pnpbroker.core.pipeline import Pipeline
 from pnpbroker.core.publisher import MAX_BARRIERS, WINDOW, Publisher
 from pnpbroker.core.reader import Reader
 from pnpbroker.core.sequencer import Sequencer
-from pnpbroker.journal import Journal
+from pnpbroker.journal import Journal, Lost
 from pnpbroker.outcome import Outcome
 from pnpbroker.resync import Resync
 from pnpbroker.sources import Datagram, Overflow
@@ -43,6 +43,8 @@ class Calls:
         self.recorded = 0
         self.overflows: list[int] = []  # the journal's last sequence when each was reported
         self.ended: list[bool] = []
+        self.capped = 0
+        self.rooms = 0
 
     def reader(self, source: FakeSource, store: reading.Store | None = None) -> Reader:
         return Reader(
@@ -50,9 +52,23 @@ class Calls:
             store or self.journal,
             Counter(),
             on_recorded=self.record,
-            on_overflow=lambda: self.overflows.append(self.journal.last),
+            on_overflow=self.overflow,
             on_end=self.ended.append,
+            on_capped=self.cap,
+            on_room=self.room,
+            resume_room=2,
         )
+
+    def overflow(self, item: Overflow) -> str:
+        self.overflows.append(self.journal.last)
+        return item.recorded if item.recorded is not None else f"resync-{len(self.overflows)}"
+
+    def cap(self) -> str:
+        self.capped += 1
+        return "cap-resync"
+
+    def room(self) -> None:
+        self.rooms += 1
 
     def record(self) -> None:
         self.recorded += 1
@@ -73,7 +89,7 @@ async def test_reader_journals_what_it_admits_and_counts_what_it_rejects(
     source.feed(Datagram(b"add@/devices/x\0ACTION=add\0"))  # no SUBSYSTEM, no SEQNUM
     await until(lambda: reader.stats["rejected_malformed"] == 1)
     reader.stop()
-    assert [r.event.seqnum for r in journal.unhandled(10)] == [1, 4]
+    assert [r.event.seqnum for r in records(journal.unhandled(10))] == [1, 4]
     assert (reader.stats["received"], reader.stats["rejected_forged"]) == (2, 2)
     assert calls.recorded == 1  # one batch, one transaction, one wake-up
     source.close()
@@ -86,9 +102,35 @@ async def test_reader_records_what_came_before_an_overflow_then_reports_it(
     reader = calls.reader(source)
     reader.start()
     source.feed(datagram(1), datagram(2), Overflow(), datagram(9))
-    await until(lambda: journal.last == 3)
+    await until(lambda: journal.last == 4)
     reader.stop()
-    assert calls.overflows == [2]  # EventsLost will name sequence 2: the last before the loss
+    entries = journal.unhandled(10)
+    assert [type(e).__name__ for e in entries] == ["Record", "Record", "Lost", "Record"]
+    assert entries[2] == Lost("resync-1", 3)  # in its place, with the resync it names
+    assert calls.recorded == 1  # one batch, one transaction
+    source.close()
+
+
+async def test_reader_keeps_the_journal_under_its_cap_with_one_loss(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite", max_entries=5)
+    source, calls = FakeSource(), Calls(journal)
+    reader = calls.reader(source)
+    reader.start()
+    source.feed(*(datagram(n) for n in range(1, 9)))
+    await until(lambda: journal.last == 5)
+    source.feed(datagram(9))  # still capped: dropped
+    await until(lambda: reader.stats["dropped"] == 5)
+    assert [e.sequence for e in journal.unhandled(10)] == [1, 2, 3, 4, 5]
+    assert journal.unhandled(10)[-1] == Lost("cap-resync", 5)
+    assert (calls.capped, calls.rooms) == (1, 0)
+    for entry in journal.unhandled(10):  # the broker catches up: room again
+        journal.record_outcome(entry.sequence, None)
+    journal.mark_published(5)
+    source.feed(datagram(10))
+    await until(lambda: journal.last == 6)
+    reader.stop()
+    assert calls.rooms == 1
+    assert journal.count <= 5
     source.close()
 
 
@@ -113,11 +155,14 @@ class FullDisk:
     def __init__(self, journal: Journal, failures: int) -> None:
         self.journal, self.failures = journal, failures
 
-    def append(self, events: Sequence[Uevent], raw: Sequence[bytes] | None = None) -> int:
+    def append(self, items: Sequence[Uevent | Lost], raw: Sequence[bytes] | None = None) -> int:
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("database or disk is full")
-        return self.journal.append(events, raw)
+        return self.journal.append(items, raw)
+
+    def room(self, wanted: int) -> int:
+        return wanted
 
 
 async def test_reader_stops_reading_while_the_journal_fails_and_loses_nothing(
@@ -131,7 +176,7 @@ async def test_reader_stops_reading_while_the_journal_fails_and_loses_nothing(
     source.feed(datagram(3))  # arrives while the journal is failing: waits in the source
     await until(lambda: journal.last == 3)
     reader.stop()
-    assert [r.event.seqnum for r in journal.unhandled(10)] == [1, 2, 3]
+    assert [r.event.seqnum for r in records(journal.unhandled(10))] == [1, 2, 3]
     source.close()
 
 
@@ -159,7 +204,7 @@ async def test_sequencer_runs_each_event_once_in_order_and_stores_the_outcome(
     assert mode.seen == [1, 2, 3, 4, 5]
     assert not mode.overlapped
     assert handled == [1, 2, 3, 4, 5]  # told after each, with the outcome already stored
-    outcomes = {r.sequence: r.outcome for r in journal.between(0, 5, 10)}
+    outcomes = {r.sequence: r.outcome for r in records(journal.between(0, 5, 10))}
     assert outcomes[2] == Outcome("fake", 2, 0, False, 0.001)
     failed = outcomes[3]  # the mode raised: reported as the event's outcome, the stage goes on
     assert failed is not None
@@ -205,7 +250,7 @@ async def test_sequencer_without_a_program_moves_the_cursor_over_everything(
     sequencer.notify()
     await until(lambda: journal.handled == 1000)
     assert handled == [1000]
-    assert journal.between(0, 1000, 1)[0].outcome is None
+    assert records(journal.between(0, 1000, 1))[0].outcome is None
     sequencer.stop()
     await task
 
@@ -302,21 +347,22 @@ async def test_publisher_resends_what_was_not_acknowledged_on_the_next_link(
     assert sorted(set(followed.through)) == followed.through  # never backwards
 
 
-async def test_publisher_waits_for_a_link_and_tells_it_of_losses(
+async def test_publisher_waits_for_a_link_and_sends_losses_in_their_place(
     journal: Journal, queue: tuple[Publisher, Followed]
 ) -> None:
+    """A loss journalled while there is no link is not lost: it goes out in its place."""
     publisher, _ = queue
-    handled(journal, 3)
+    handled(journal, 2)
+    journal.append([Lost("u-1")])
+    journal.record_outcome(3, None)
+    handled(journal, 1)
     publisher.advance(journal.handled)
-    publisher.lost(3, "u-1")  # no link: nobody to tell, nothing raised
     await asyncio.sleep(0.01)
     link = FakeLink()
     publisher.attach(link)
-    publisher.lost(3, "u-2")
-    await until(lambda: link.sequences == [1, 2, 3])
-    assert link.lost == [(3, "u-2")]
-    link.broken = True
-    publisher.lost(4, "u-3")  # a dying link: logged, the keeper will notice
+    await until(lambda: link.sequences == [1, 2, 3, 4])
+    assert link.lost == [(2, "u-1")]
+    assert [e.sequence for e in link.sent] == [1, 2, 4]
 
 
 async def test_publisher_stop_publishes_what_is_handled_first(journal: Journal) -> None:
@@ -341,7 +387,7 @@ async def test_the_pipeline_runs_without_a_bus(tmp_path: Path) -> None:
     source = FakeSource()
     config = Config(hotplug_program="/bin/true", state_dir=tmp_path)
     pipeline = Pipeline(config, source, Journal(tmp_path / "journal.sqlite"))
-    pipeline.resync = Resync(tmp_path / "sys")  # the overflow's resync must not touch this /sys
+    pipeline.losses.resync = Resync(tmp_path / "sys")  # the resync must not touch this /sys
     pipeline.devices.scan = list  # nor its rescan (test_devices has the table)
     link = FakeLink()
     pipeline.publisher.attach(link)
@@ -351,13 +397,13 @@ async def test_the_pipeline_runs_without_a_bus(tmp_path: Path) -> None:
     link.ack()
     assert await run == ExitCode.OK
     pipeline.close()
-    assert link.sequences == [1, 2, 3]
+    assert link.sequences == [1, 2, 3, 4]  # the loss takes its place: 3
     assert [r.outcome.status if r.outcome else None for r in link.sent] == [0, 0, 0]
-    assert link.lost[0][0] == 2
+    assert link.lost == [(2, link.lost[0][1])]
     stats = pipeline.statistics()
     assert (stats["received"], stats["rejected_forged"], stats["overflows"]) == (3, 1, 1)
-    assert (stats["handled"], stats["published"], stats["queued"]) == (3, 3, 0)
-    assert pipeline.resync.count == 1
+    assert (stats["handled"], stats["published"], stats["queued"]) == (4, 4, 0)
+    assert pipeline.losses.resync.count == 1
 
 
 def test_the_core_never_imports_the_bus() -> None:

@@ -30,6 +30,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 # What the contract (dbus/org.pnp.Broker1.xml, docs/dbus.md) documents, as D-Bus signatures.
 METHODS = {
     "GetEvents": ("tu", "a(tsssa{ss}a{sv})"),
+    "GetEvents2": ("tua{sv}", "a(tsssa{ss}a{sv})a(ts)t"),
     "GetDevices": ("a{sv}", "ta(ssa{ss})"),
     "Trigger": ("a{sv}", "su"),
     "Pause": ("", ""),
@@ -43,6 +44,7 @@ PROPERTIES = {
     "Paused": "b",
     "Version": "s",
     "Statistics": "a{st}",
+    "JournalId": "s",
 }
 
 DBUS_PYTHON_SUBSCRIBER = r"""

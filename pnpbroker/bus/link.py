@@ -32,9 +32,9 @@ from dbus_fast.aio.message_bus import _MessageWriter
 from dbus_fast.service import ServiceInterface
 
 from pnpbroker import names
-from pnpbroker.bus.wire import EVENT_SIGNATURE, LOST_SIGNATURE, event_body, lost_body, to_bus_daemon
+from pnpbroker.bus.wire import signal_of, to_bus_daemon
 from pnpbroker.errors import BrokerError
-from pnpbroker.journal import Record
+from pnpbroker.journal import Entry
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +112,18 @@ class BusLink:
             self.bus.disconnect()
             raise NameTaken(f"{names.BUS_NAME} is owned by another connection")
 
-    def send(self, records: list[Record]) -> None:
-        """Queue an Event signal per record, as one buffer."""
-        self.emit_many("Event", EVENT_SIGNATURE, [event_body(r) for r in records])
-
-    def send_lost(self, after: int, resync_uuid: str) -> None:
-        """Queue an EventsLost signal."""
-        self.emit_many("EventsLost", LOST_SIGNATURE, [lost_body(after, resync_uuid)])
+    def send(self, entries: list[Entry]) -> None:
+        """Queue an Event signal per event and an EventsLost per loss, in order, as one buffer."""
+        self._queue([signal_of(entry) for entry in entries])
 
     def emit_many(self, member: str, signature: str, bodies: list[list[Any]]) -> None:
         """Queue signals as one buffer, so a window of them costs one write, not one each.
         No future, no await: ordering and flow control are the caller's."""
+        self._queue([(member, signature, body) for body in bodies])
+
+    def _queue(self, signals: list[tuple[str, str, list[Any]]]) -> None:
         buf = bytearray()
-        for body in bodies:
+        for member, signature, body in signals:
             msg = Message.new_signal(names.OBJECT_PATH, names.INTERFACE, member, signature, body)
             msg.serial = self.bus.next_serial()
             buf += msg._marshall(self._writer.negotiate_unix_fd)

@@ -2,7 +2,9 @@
 
 Signals are declared here, so introspection shows the contract, but sent by the link
 (:mod:`pnpbroker.bus.link`) when the publish queue asks: Event for each handled event,
-EventsLost when the pipeline reports a loss; their bodies come from :mod:`pnpbroker.bus.wire`.
+EventsLost for each loss, in its place; their bodies come from :mod:`pnpbroker.bus.wire`.
+GetEvents and GetEvents2 read the journal in the core's reader thread
+(:mod:`pnpbroker.core.queries`).
 Each privileged method authorizes the caller, calls the core, and returns; broker errors become
 named D-Bus errors with a readable message and never a traceback.
 """
@@ -24,9 +26,19 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from pnpbroker import __version__, names
-from pnpbroker.bus.wire import device_filter, device_row, event_body, trigger_options
+from pnpbroker.bus.wire import (
+    PAGE_SIGNATURE,
+    device_filter,
+    device_row,
+    event_body,
+    event_filter,
+    page_body,
+    trigger_options,
+)
 from pnpbroker.client.model import Filter
 from pnpbroker.client.table import Device
+from pnpbroker.core.queries import Page
+from pnpbroker.errors import NoLongerJournalled
 from pnpbroker.journal import Record
 
 log = logging.getLogger(__name__)
@@ -48,6 +60,7 @@ ARG_NAMES: dict[str, tuple[str, ...]] = {
     "Event": ("sequence", "action", "subsystem", "devpath", "properties", "handler"),
     "EventsLost": ("after_sequence", "resync_uuid"),
     "GetEvents": ("events",),
+    "GetEvents2": ("events", "lost", "through"),
     "GetDevices": ("sequence", "devices"),
     "Trigger": ("uuid", "count"),
 }
@@ -66,10 +79,15 @@ class Core(Protocol):
 
     def reload(self) -> None: ...
 
-    def events_after(self, after: int, limit: int) -> list[Record]: ...
+    async def events_after(self, after: int, limit: int) -> list[Record]: ...
+
+    async def page(self, after: int, limit: int, wanted: Filter) -> Page: ...
 
     @property
     def last_sequence(self) -> int: ...
+
+    @property
+    def journal_id(self) -> str: ...
 
     @property
     def oldest_sequence(self) -> int: ...
@@ -144,6 +162,8 @@ def named_errors(method: F) -> F:
             return await method(*args, **kwargs)
         except DBusError:
             raise
+        except NoLongerJournalled as exc:
+            raise DBusError(names.ERROR_JOURNAL_GAP, str(exc)) from None
         except PermissionError as exc:
             raise DBusError(names.ERROR_NOT_AUTHORIZED, str(exc)) from None
         except ValueError as exc:
@@ -201,7 +221,18 @@ class BrokerInterface(ServiceInterface):
         limit: Annotated[int, DBusSignature("u")],
     ) -> EventRows:
         limit = MAX_PAGE if limit == 0 else min(limit, MAX_PAGE)
-        return [tuple(event_body(r)) for r in self.core.events_after(after, limit)]
+        return [tuple(event_body(r)) for r in await self.core.events_after(after, limit)]
+
+    @dbus_method()
+    @named_errors
+    async def GetEvents2(
+        self,
+        after: Annotated[int, DBusSignature("t")],
+        limit: Annotated[int, DBusSignature("u")],
+        filter: Annotated[dict[str, Variant], DBusSignature("a{sv}")],
+    ) -> Annotated[list[Any], DBusSignature(PAGE_SIGNATURE)]:
+        limit = MAX_PAGE if limit == 0 else min(limit, MAX_PAGE)
+        return page_body(await self.core.page(after, limit, event_filter(filter)))
 
     @dbus_method()
     @named_errors
@@ -264,6 +295,10 @@ class BrokerInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def OldestSequence(self) -> Annotated[int, DBusSignature("t")]:
         return self.core.oldest_sequence
+
+    @dbus_property(access=PropertyAccess.READ)
+    def JournalId(self) -> Annotated[str, DBusSignature("s")]:
+        return self.core.journal_id
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> Annotated[str, DBusSignature("s")]:

@@ -18,15 +18,19 @@ from dbus_fast import Message, Variant
 
 from pnpbroker.client.model import Filter
 from pnpbroker.client.table import Device
-from pnpbroker.journal import Record
+from pnpbroker.core.queries import Page
+from pnpbroker.journal import Entry, Lost, Record
 from pnpbroker.outcome import Json, Outcome
 from pnpbroker.uevent import dbus_safe, valid_utf8
 
 #: The Event signal, and one row of GetEvents: sequence, action, subsystem, devpath,
 #: properties, handler (the outcome).
 EVENT_SIGNATURE: Final = "tsssa{ss}a{sv}"
-#: The EventsLost signal: after_sequence, resync_uuid.
+#: The EventsLost signal: after_sequence, resync_uuid. The loss's own sequence is
+#: after_sequence + 1.
 LOST_SIGNATURE: Final = "ts"
+#: GetEvents2's reply: the matching events, the losses (sequence, resync_uuid), and through.
+PAGE_SIGNATURE: Final = f"a({EVENT_SIGNATURE})a(ts)t"
 #: One row of GetDevices: devpath, subsystem, properties.
 DEVICE_SIGNATURE: Final = "ssa{ss}"
 #: The type of each key of the Event's ``handler`` (an :class:`Outcome` in JSON form): written
@@ -77,9 +81,30 @@ def event_body(record: Record) -> list[Any]:
     ]
 
 
-def lost_body(after: int, resync_uuid: str) -> list[Any]:
-    """The body of an EventsLost signal."""
-    return [after, resync_uuid]
+def lost_body(lost: Lost) -> list[Any]:
+    """The body of an EventsLost signal: the sequence before the loss, and its resync."""
+    return [lost.sequence - 1, lost.resync_uuid]
+
+
+def signal_of(entry: Entry) -> tuple[str, str, list[Any]]:
+    """The signal that publishes a journal entry: (member, signature, body)."""
+    if isinstance(entry, Lost):
+        return "EventsLost", LOST_SIGNATURE, lost_body(entry)
+    return "Event", EVENT_SIGNATURE, event_body(entry)
+
+
+def page_body(page: Page) -> list[Any]:
+    """GetEvents2's reply."""
+    return [
+        [event_body(record) for record in page.events],
+        [[lost.sequence, lost.resync_uuid] for lost in page.lost],
+        page.through,
+    ]
+
+
+def event_filter(options: Mapping[str, Variant]) -> Filter:
+    """GetEvents2's ``a{sv}`` (GetDevices' keys and ``action``) as a filter; ValueError."""
+    return _filter(options, EVENT_FILTER)
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,8 @@ DEVICE_FILTER: Final[Mapping[str, str]] = {
     "devpath": "s",
     "properties": "a{ss}",
 }
+#: GetEvents2's: the same, and the action.
+EVENT_FILTER: Final[Mapping[str, str]] = {**DEVICE_FILTER, "action": "as"}
 
 
 def _checked(options: Mapping[str, Variant], known: Mapping[str, str]) -> dict[str, Any]:
@@ -137,7 +164,11 @@ def trigger_options(options: Mapping[str, Variant]) -> TriggerRequest:
 
 def device_filter(options: Mapping[str, Variant]) -> Filter:
     """GetDevices' ``a{sv}`` as a filter; ValueError (InvalidArgs) when it is not one."""
-    values = _checked(options, DEVICE_FILTER)
+    return _filter(options, DEVICE_FILTER)
+
+
+def _filter(options: Mapping[str, Variant], known: Mapping[str, str]) -> Filter:
+    values = _checked(options, known)
     devpath = values.get("devpath", "")
     if devpath and not devpath.startswith("/"):
         raise ValueError(f"devpath must start with /: {devpath!r}")
@@ -145,7 +176,7 @@ def device_filter(options: Mapping[str, Variant]) -> Filter:
     if "" in properties:
         raise ValueError("properties: empty key")
     return Filter(
-        (),
+        tuple(values.get("action", ())),
         tuple(values.get("subsystem", ())),
         tuple(values.get("devtype", ())),
         devpath or None,

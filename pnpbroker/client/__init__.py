@@ -38,9 +38,12 @@ from .model import (
     EventsLost,
     Filter,
     Item,
+    JournalChanged,
     JournalGap,
     Outcome,
+    Position,
 )
+from .protocol import INBOX_MAX
 from .table import Device, DeviceTable
 
 if TYPE_CHECKING:
@@ -59,6 +62,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "BUS_NAME",
     "ERROR_JOURNAL_GAP",
+    "INBOX_MAX",
     "INTERFACE",
     "OBJECT_PATH",
     "BrokerReset",
@@ -71,8 +75,10 @@ __all__ = [
     "EventsLost",
     "Filter",
     "Item",
+    "JournalChanged",
     "JournalGap",
     "Outcome",
+    "Position",
     "Subscription",
     "devices",
     "subscribe",

@@ -15,7 +15,7 @@ from typing import Any
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from .model import CallFailed, Filter, Item, Var, make_filter
+from .model import DBUS, CallFailed, Filter, Item, Position, Var, make_filter
 from .protocol import (
     Call,
     Conn,
@@ -29,6 +29,9 @@ from .protocol import (
     one_call,
 )
 from .table import Device, DeviceTable
+
+#: A call not answered in this long is asked again (dbus-fast's calls would wait forever).
+CALL_SECONDS = 10.0
 
 
 def _variants(value: Any) -> Any:
@@ -90,7 +93,10 @@ class _Bus:
             body=_variants(call.body),
         )
         try:
-            reply = await self.bus.call(msg)
+            async with asyncio.timeout(CALL_SECONDS):
+                reply = await self.bus.call(msg)
+        except TimeoutError:  # a daemon whose queue for us is full drops replies too
+            raise CallFailed(f"{DBUS}.Error.NoReply", f"no reply to {call.member}") from None
         except (OSError, EOFError) as exc:
             raise ConnectionError(str(exc) or type(exc).__name__) from exc
         if reply is None:
@@ -168,9 +174,11 @@ class Subscription:
     """An async iterator of :data:`~.model.Item`: with ``enumerate``, each present
     :class:`~.table.Device` first; then :class:`~.model.Event` and :class:`~.model.EventsLost`.
 
-    ``position`` is the highest sequence accounted for (delivered, or filtered out): save it
-    and pass it as ``after`` to resume later without a gap or a repeat. With ``enumerate``,
-    ``devices`` is the table of matching devices as of ``position``.
+    ``position`` is how far it got (every sequence up to it delivered, or filtered out), with
+    the broker's ``JournalId``: save ``str(position)`` and pass it as ``after`` to resume later
+    without a gap or a repeat, or be told (:class:`~.model.JournalChanged`) that the broker's
+    journal is another one. With ``enumerate``, ``devices`` is the table of matching devices
+    as of ``position``.
     """
 
     def __init__(self, session: Session, address: str | None) -> None:
@@ -183,8 +191,8 @@ class Subscription:
         return self.session.filter
 
     @property
-    def position(self) -> int | None:
-        return self.session.position
+    def position(self) -> Position | None:
+        return self.session.at
 
     @property
     def devices(self) -> DeviceTable | None:
@@ -237,7 +245,7 @@ def subscribe(
     devtype: str | Iterable[str] | None = None,
     devpath: str | None = None,
     properties: Mapping[str, str] | None = None,
-    after: int | None = None,
+    after: Position | str | int | None = None,
     enumerate: bool = False,
     address: str | None = None,
     reconnect: bool = True,
@@ -245,9 +253,12 @@ def subscribe(
     """Events from the broker, exactly once, in order; with ``enumerate``, the present devices
     first.
 
-    ``after=None`` starts with events journalled from now on; ``after=N`` replays every event
-    with a sequence above N first (0: the whole journal). ``enumerate=True`` (no ``after``, no
-    ``action``) yields the devices that match first, then every event that changes them.
+    ``after=None`` starts with events journalled from now on; ``after=`` a saved position
+    (``str(events.position)``, or the :class:`~.model.Position`) replays every event after it
+    first, and raises :class:`~.model.JournalChanged` if the broker's journal is another one;
+    ``after=N`` (a bare sequence) does the same without that check (0: the whole journal).
+    ``enumerate=True`` (no ``after``, no ``action``) yields the devices that match first, then
+    every event that changes them.
     ``devpath`` is the device at that path and those below it; ``properties`` maps keys to glob
     patterns (``{"PRODUCT": "46d/*"}``), a key that is absent never matches. ``address``
     defaults to the system bus (``DBUS_SYSTEM_BUS_ADDRESS``). If the first connection fails,

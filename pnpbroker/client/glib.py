@@ -20,7 +20,7 @@ from typing import Any
 
 from gi.repository import Gio, GLib
 
-from .model import CallFailed, ClientError, Item, Var, make_filter
+from .model import CallFailed, ClientError, Item, Position, Var, make_filter
 from .protocol import Call, Conn, Connect, Session, Signal, Sleep, Started, Steps, Wait
 from .table import DeviceTable
 
@@ -58,7 +58,7 @@ class GLibSubscription:
         on_error: Callable[[ClientError], None] | None = None,
         on_started: Callable[[], None] | None = None,
         address: str | None = None,
-        after: int | None = None,
+        after: Position | str | int | None = None,
         enumerate: bool = False,
         reconnect: bool = True,
         **filter_options: Any,
@@ -81,8 +81,8 @@ class GLibSubscription:
         self._pending: tuple[Any, BaseException | None] | None = None
 
     @property
-    def position(self) -> int | None:
-        return self.session.position
+    def position(self) -> Position | None:
+        return self.session.at
 
     @property
     def devices(self) -> DeviceTable | None:

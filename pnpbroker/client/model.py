@@ -37,11 +37,49 @@ class JournalGap(ClientError):
 
 
 class BrokerReset(ClientError):
-    """The broker's sequence does not continue ours: it runs on a fresh state directory."""
+    """The broker's sequence does not continue ours: it runs on another journal."""
 
     def __init__(self, position: int, last: int, why: str) -> None:
         super().__init__(f"broker reset: at sequence {position} we expected more; {why}")
         self.position, self.last = position, last
+
+
+class JournalChanged(BrokerReset):
+    """The broker's ``JournalId`` is not the one of our position: a fresh state directory, a
+    damaged journal moved aside, or a power loss under ``journal_sync = "normal"``."""
+
+    def __init__(self, position: int, expected: str, found: str) -> None:
+        super().__init__(position, 0, f"its journal is {found}, not {expected}")
+        self.expected, self.found = expected, found
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How far a subscription got: a sequence in the journal ``journal_id`` names ("" when not
+    known: then it is not checked). Its text form ``JOURNALID:SEQUENCE`` is what to save."""
+
+    journal_id: str
+    sequence: int
+
+    def __str__(self) -> str:
+        return f"{self.journal_id}:{self.sequence}" if self.journal_id else str(self.sequence)
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """``JOURNALID:SEQUENCE`` or a bare ``SEQUENCE``; ValueError otherwise."""
+        journal_id, _, number = text.strip().rpartition(":")
+        if not number.isdigit():
+            raise ValueError(f"not a position (JOURNALID:SEQUENCE): {text!r}")
+        return cls(journal_id, int(number))
+
+    @classmethod
+    def of(cls, value: Position | str | int) -> Position:
+        """A position from what ``after=`` takes: a Position, its text, or a bare sequence."""
+        if isinstance(value, Position):
+            return value
+        if isinstance(value, int):
+            return cls("", value)
+        return cls.parse(value)
 
 
 class ConnectionLost(ClientError):
@@ -159,7 +197,9 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class EventsLost:
-    """The kernel dropped events after ``after_sequence`` (ENOBUFS); a coldplug may resync.
+    """Events were lost after ``after_sequence`` (the kernel's buffer overflowed, the journal
+    was at its cap or was replaced); the coldplug ``resync_uuid`` re-announces the devices ("":
+    none started). The loss has its own place in the sequence: ``sequence``.
 
     With ``enumerate=True`` it also stands for events the subscription could not replay (a
     journal gap, a broker reset): either way, the devices that follow it replace your list.
@@ -167,6 +207,10 @@ class EventsLost:
 
     after_sequence: int
     resync_uuid: str
+
+    @property
+    def sequence(self) -> int:
+        return self.after_sequence + 1
 
 
 #: What a subscription yields: the present devices first (with ``enumerate=True``), then events.
@@ -227,9 +271,15 @@ class Filter:
         return [*rules, f"{base},member='EventsLost'"]
 
     def __call__(self, event: Event) -> bool:
-        if self.actions and event.action not in self.actions:
+        return self.matches(event.action, event.subsystem, event.devpath, event.properties)
+
+    def matches(
+        self, action: str, subsystem: str, devpath: str, properties: Mapping[str, str]
+    ) -> bool:
+        """Whether an event with these fields matches (the broker's GetEvents2 asks too)."""
+        if self.actions and action not in self.actions:
             return False
-        return self._matches(event.subsystem, event.devpath, event.properties)
+        return self._matches(subsystem, devpath, properties)
 
     def device(self, device: Device) -> bool:
         """Whether a device (a GetDevices row, an entry of the table) matches."""
@@ -243,6 +293,17 @@ class Filter:
         if self.devpath and not under(devpath, self.devpath):
             return False
         return properties_match(props, self.properties)
+
+    def on_bus(self, enumerate: bool = False) -> bool:
+        """Whether the bus daemon filters for us (then a gap in the sequence is not a loss)."""
+        return bool(self.subsystems or (not enumerate and (self.actions or self.devpath)))
+
+    def event_options(self) -> dict[str, Var]:
+        """GetEvents2's filter argument: GetDevices' and the actions."""
+        found = self.options()
+        if self.actions:
+            found["action"] = Var("as", list(self.actions))
+        return found
 
     def options(self) -> dict[str, Var]:
         """GetDevices' filter argument (``a{sv}``)."""

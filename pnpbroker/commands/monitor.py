@@ -33,6 +33,7 @@ from pnpbroker.client import (
     Item,
     JournalGap,
     Outcome,
+    Position,
 )
 from pnpbroker.contract import STOP_SIGNALS, ExitCode
 
@@ -81,7 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     start = parser.add_mutually_exclusive_group()
     start.add_argument(
-        "--since", type=int, metavar="SEQ", help="first replay journalled events after SEQ"
+        "--since",
+        type=_position,
+        metavar="POSITION",
+        help="first replay journalled events after POSITION: JOURNALID:SEQ as printed when "
+        "listening (checked against the broker's journal), or a bare SEQ (0: all)",
     )
     start.add_argument(
         "-e",
@@ -96,6 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print when each line was received (CLOCK_MONOTONIC seconds, as udevadm monitor)",
     )
     parser.add_argument("--bus-address", help="D-Bus address (default: the system bus)")
+
+
+def _position(text: str) -> Position:
+    try:
+        return Position.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def describe(outcome: Outcome | None) -> str:
@@ -128,9 +140,8 @@ def format_text(
     a timestamp."""
     stamp = "" if timestamp is None else f"[{timestamp:.6f}] "
     if isinstance(item, EventsLost):
-        uuid = f", resync {printable(item.resync_uuid)}" if item.resync_uuid else ""
-        lost = f"EVENTS LOST after sequence {item.after_sequence}{uuid}"
-        return stamp + _paint(lost, "1;31", colour)
+        uuid = f", resync {printable(item.resync_uuid)}" if item.resync_uuid else ", no resync"
+        return stamp + _paint(f"{item.sequence:>8} EVENTS LOST here{uuid}", "1;31", colour)
     where = f"{printable(item.devpath)} ({printable(item.subsystem)})"
     if isinstance(item, Device):
         line = f"{'-':>8} {_paint('present ', '1', colour)} {where}"
@@ -156,7 +167,8 @@ def as_json(item: Item, timestamp: float | None = None) -> dict[str, Any]:
 
 def _json(item: Item) -> dict[str, Any]:
     if isinstance(item, EventsLost):
-        return {"events_lost": {"after_sequence": item.after_sequence, "uuid": item.resync_uuid}}
+        lost = {"after_sequence": item.after_sequence, "uuid": item.resync_uuid}
+        return {"sequence": item.sequence, "events_lost": lost}
     if isinstance(item, Device):
         fields = ("devpath", "subsystem", "sequence")
         device: dict[str, Any] = {name: getattr(item, name) for name in fields}
@@ -176,7 +188,7 @@ def _use_colour(out: TextIO) -> bool:
     return out.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
-def _announce(position: int | None, enumerate: bool) -> None:
+def _announce(position: Position | None, enumerate: bool) -> None:
     """One line on stderr once subscribed: from here on nothing is missed."""
     if enumerate:
         where = "after the devices present"

@@ -24,8 +24,8 @@ from pnpbroker.notify import sd_notify
 from pnpbroker.sources.helper import DEFAULT_PATH as HELPER_SOCKET
 
 if TYPE_CHECKING:
-    from pnpbroker.journal import Journal
-    from pnpbroker.sources import Source
+    from pnpbroker.journal import Journal, Lost
+    from pnpbroker.sources import Overflow, Source
     from pnpbroker.sources.choose import SourceOptions
     from pnpbroker.uevent import Uevent
 
@@ -163,10 +163,16 @@ async def _start(cfg: config.Config, args: argparse.Namespace, keys: Mapping[str
     from pnpbroker.sources.choose import SourceOptions
 
     output = parse_fd(args.output) if args.output else None
-    source = open_source(cfg, SourceOptions(args.source, args.helper_socket, cfg.helper_window))
+    options = SourceOptions(args.source, args.helper_socket, cfg.helper_window)
     if args.dry_run:
-        return await dry_run(cfg, source)
-    return await serve(cfg, source, open_journal(cfg), output, args.config, keys)
+        return await dry_run(cfg, open_source(cfg, options))
+    journal = open_journal(cfg)  # first: a journal it cannot use stops it before anything runs
+    try:
+        source = open_source(cfg, options)
+    except BaseException:
+        journal.close()
+        raise
+    return await serve(cfg, source, journal, output, args.config, keys)
 
 
 def open_source(cfg: config.Config, options: SourceOptions) -> Source:
@@ -182,9 +188,13 @@ def open_journal(cfg: config.Config) -> Journal:
     try:
         cfg.state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         return Journal(
-            cfg.state_dir / JOURNAL_NAME, cfg.retention_events, cfg.retention_days * 86400
+            cfg.state_dir / JOURNAL_NAME,
+            cfg.retention_events,
+            cfg.retention_days * 86400,
+            max_entries=cfg.journal_max_events,
+            sync=cfg.journal_sync,
         )
-    except OSError as exc:
+    except OSError as exc:  # JournalUnusable too: one line, exit 111, before anything runs
         raise SourceError(exc.errno, f"cannot open the journal in {cfg.state_dir}: {exc}") from exc
 
 
@@ -229,15 +239,22 @@ class Planner:
     def __init__(self, cfg: config.Config) -> None:
         self.cfg = cfg
 
-    def append(self, events: Sequence[Uevent], raw: Sequence[bytes] | None = None) -> int:
+    def append(self, items: Sequence[Uevent | Lost], raw: Sequence[bytes] | None = None) -> int:
+        from pnpbroker.journal import Lost
         from pnpbroker.legacy import planned
         from pnpbroker.legacy.runner import event_environment
 
-        for event in events:
+        for event in items:
+            if isinstance(event, Lost):
+                print("# events lost here (receive buffer overflow)", flush=True)
+                continue
             env = " ".join(f"{k}={shlex.quote(v)}" for k, v in event_environment(event).items())
             for argv in planned(self.cfg, event) or [["(no program)", event.subsystem]]:
                 print(f"{event.seqnum}: env -i {env} {shlex.join(argv)}", flush=True)
         return 0
+
+    def room(self, wanted: int) -> int:
+        return wanted
 
 
 async def dry_run(cfg: config.Config, source: Source) -> int:
@@ -269,5 +286,5 @@ def _nothing() -> None:
     pass
 
 
-def _overflow() -> None:
-    print("# receive buffer overflow: events lost", flush=True)
+def _overflow(overflow: Overflow) -> str:
+    return overflow.recorded or ""

@@ -26,7 +26,7 @@ from pathlib import Path
 from pnpbroker.client.table import Device, DeviceTable
 from pnpbroker.errors import ConfigError
 from pnpbroker.fleet import frames
-from pnpbroker.journal import Journal, Record
+from pnpbroker.journal import Entry, Journal, Lost
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ WINDOW = 1024
 PAGE = 256
 #: An ack line is short; anything longer is not the forwarder.
 MAX_LINE = 64
+SYNC_RETRY_SECONDS = 1.0
 
 
 class Feed:
@@ -53,6 +54,7 @@ class Feed:
         self._server: asyncio.base_events.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._again: asyncio.Handle | None = None
+        self._syncing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Bind the socket (a stale one from a crash is replaced), mode 0600, or 0660 with the
@@ -85,7 +87,7 @@ class Feed:
             self._writer.write(frames.gone(devpath))
         else:
             self._sent_devices.add(devpath)
-            self._writer.write(frames.device(device, self.journal.id))
+            self._writer.write(frames.device(device, self.journal.journal_id))
 
     def replaced(self, sequence: int) -> None:
         if self._writer is not None:
@@ -97,7 +99,7 @@ class Feed:
             return
         now = {device.devpath for device in self.table}
         lines = [frames.gone(devpath) for devpath in sorted(self._sent_devices - now)]
-        lines += [frames.device(device, self.journal.id) for device in self.table]
+        lines += [frames.device(device, self.journal.journal_id) for device in self.table]
         writer.write(b"".join(lines))
         self._sent_devices, self._snapshot_at = now, self.table.sequence
 
@@ -107,9 +109,6 @@ class Feed:
         if self._again is None:
             self._send_some()
 
-    def lost(self, after: int, resync_uuid: str) -> None:
-        """An overflow is not a journal row (yet): the resync's events follow as any others."""
-
     # The forwarder's connection.
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:
@@ -118,7 +117,7 @@ class Feed:
             return
         self._writer, self.sent = writer, self.journal.forwarded
         log.info("fleet forwarder connected; sending from sequence %d", self.sent + 1)
-        writer.write(frames.hello(self.journal.id))
+        writer.write(frames.hello(self.journal.journal_id))
         self._sent_devices = set()
         self._send_devices(writer)
         self._send_some()
@@ -146,23 +145,48 @@ class Feed:
         if writer is None or writer.is_closing():
             return
         room = WINDOW - (self.sent - self.journal.forwarded)
-        if room <= 0 or self.sent >= self.through:
+        through = self._on_disk()
+        if room <= 0 or self.sent >= through:
             return
-        records = self.journal.between(self.sent, self.through, min(PAGE, room))
-        first = records[0].sequence if records else self.through + 1
+        records = self.journal.between(self.sent, through, min(PAGE, room))
+        first = records[0].sequence if records else through + 1
         if first > self.sent + 1:  # retention took them before the forwarder did
-            writer.write(frames.lost(self.sent + 1, first - 1))
+            writer.write(frames.lost(self.sent + 1, first - 1, frames.RETENTION))
             self.sent = first - 1
         writer.write(b"".join(map(self._lines, records)))
         if records:
             self.sent = records[-1].sequence
-        if self.sent < self.through:
+        if self.sent < through:
             self._again = asyncio.get_running_loop().call_soon(self._send_some)
 
-    def _lines(self, record: Record) -> bytes:
-        """An event's line; for a ``remove`` from before the devices were last sent whole, a
-        clear of that device if it is still gone (later ones were cleared as they happened)."""
-        line = frames.event(record, self.journal.id)
+    def _on_disk(self) -> int:
+        """How far the feed may go: what is handled and on disk (``journal_sync``), as for the
+        bus: an event the journal could lose at a power cut never reaches the fleet. Syncs
+        when it must, in the background."""
+        journal = self.journal
+        if journal.synced < self.through and self._syncing is None:
+            self._syncing = asyncio.get_running_loop().create_task(self._sync(), name="feed sync")
+        return min(self.through, journal.synced)
+
+    async def _sync(self) -> None:
+        try:
+            await self.journal.sync()
+        except OSError as exc:
+            log.error("fleet feed: cannot sync the journal: %s; trying again", exc)
+            await asyncio.sleep(SYNC_RETRY_SECONDS)
+        finally:
+            self._syncing = None
+        if self._again is None:
+            self._send_some()
+
+    def _lines(self, entry: Entry) -> bytes:
+        """An event's line (a loss in the stream: a ``lost`` line at its place); for a
+        ``remove`` from before the devices were last sent whole, a clear of that device if it is
+        still gone (later ones were cleared as they happened)."""
+        if isinstance(entry, Lost):
+            return frames.lost(entry.sequence, entry.sequence, frames.STREAM, entry.resync_uuid)
+        record = entry
+        line = frames.event(record, self.journal.journal_id)
         event, table = record.event, self.table
         if (
             table is not None
@@ -176,6 +200,8 @@ class Feed:
     def close(self) -> None:
         if self._again is not None:
             self._again.cancel()
+        if self._syncing is not None:
+            self._syncing.cancel()
         if self._writer is not None:
             self._writer.close()
         if self._server is not None:

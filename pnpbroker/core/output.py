@@ -2,6 +2,9 @@
 
 The format is the one :mod:`pnpbroker.sources.stream` reads (the kernel datagram plus one
 terminating NUL, as ``mdevd -o`` writes), so a run recorded here replays with ``--source PATH``.
+A loss in the journal is written in its place as the stream's loss record
+(``!lost\0RESYNC_UUID=<uuid>\0\0``): a replay journals it again, and a reader of plain kernel
+uevents sees a record without ``ACTION@DEVPATH`` and skips it as malformed.
 It follows the publisher: events are written once the link acknowledged them, so the record
 holds exactly what subscribers were sent.
 
@@ -22,17 +25,23 @@ import os
 from collections.abc import Iterable
 
 from pnpbroker.errors import ConfigError
-from pnpbroker.journal import Journal, Record
+from pnpbroker.journal import Entry, Journal, Lost
+from pnpbroker.sources.stream import LOST_HEADER, lost_record
 from pnpbroker.uevent import serialize
+
+__all__ = ["LOST_HEADER", "Output", "parse_fd", "record_bytes"]
 
 log = logging.getLogger(__name__)
 
 PAGE = 512
 
 
-def record_bytes(records: Iterable[Record]) -> bytes:
-    """The stream form of ``records``."""
-    return b"".join(serialize(record.event) + b"\0" for record in records)
+def record_bytes(entries: Iterable[Entry]) -> bytes:
+    """The stream form of ``entries``: events, and losses as loss records."""
+    return b"".join(
+        lost_record(e.resync_uuid) if isinstance(e, Lost) else serialize(e.event) + b"\0"
+        for e in entries
+    )
 
 
 def parse_fd(spec: str) -> int:

@@ -1,39 +1,47 @@
 """The pipeline: reader -> journal -> sequencer -> sinks, with its counters, config and lifecycle.
 
 One asyncio loop. The reader (:mod:`.reader`) drains the source in its ``add_reader`` callback
-and journals each batch before anything else happens to it. The sequencer runs the legacy
-program per event and stores its outcome; each time it moves the ``handled`` cursor, every sink
-is advanced, in the order added. The first sink is the publish queue (:mod:`.publisher`), whose
-link the D-Bus server attaches from outside (:mod:`pnpbroker.bus.server`); ``--output`` follows
-the publish queue's acknowledgements. No bus here: the pipeline runs, and is tested, without one.
+and journals each batch before anything else happens to it; a loss (an overflow, the journal's
+cap) is journalled in its place like an event. The sequencer runs the legacy program per event
+and stores its outcome; each time it moves the ``handled`` cursor, every sink is advanced, in
+the order added, and reads the entries (events and losses) from the journal. The first sink is
+the publish queue (:mod:`.publisher`), whose link the D-Bus server attaches from outside
+(:mod:`pnpbroker.bus.server`); ``--output`` follows the publish queue's acknowledgements.
+Clients' reads go through :mod:`.queries`, in a thread. Every task is supervised
+(:mod:`.supervisor`). No bus here: the pipeline runs, and is tested, without one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pnpbroker.client.model import Filter
 from pnpbroker.client.table import Device
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
 from pnpbroker.core.feed import Feed
+from pnpbroker.core.losses import Losses
 from pnpbroker.core.publisher import Publisher
+from pnpbroker.core.queries import Page, Queries
 from pnpbroker.core.reader import Reader
 from pnpbroker.core.sequencer import Sequencer
+from pnpbroker.core.supervisor import Supervisor
 from pnpbroker.core.table import DeviceSink
 from pnpbroker.errors import RebroadcastError
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import ProgramRunner, make_mode
 from pnpbroker.notify import sd_notify
 from pnpbroker.rebroadcast import Rebroadcaster
-from pnpbroker.resync import Resync, trigger_in_thread
+from pnpbroker.resync import trigger_in_thread
 from pnpbroker.sources import Source
 from pnpbroker.sysfs import scan
+from pnpbroker.trouble import Trouble
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,14 @@ HOUSEKEEPING_SECONDS = 5.0
 STATUS_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
-COUNTERS = ("received", "rejected_forged", "rejected_malformed", "duplicate_keys", "overflows")
+COUNTERS = (
+    "received",
+    "rejected_forged",
+    "rejected_malformed",
+    "duplicate_keys",
+    "overflows",
+    "dropped",
+)
 #: Present once re-broadcast is on: datagrams sent, and refused by the kernel.
 REBROADCAST_COUNTERS = ("rebroadcast", "rebroadcast_failed")
 #: Keys a reload cannot change.
@@ -51,19 +66,18 @@ RESTART_KEYS = (
     "receive_buffer",
     "bus_address",
     "helper_window",
+    "journal_sync",
     "forward_socket",
     "forward_group",
 )
 
 
 class Sink(Protocol):
-    """Takes handled events in sequence order: the publish queue, and later others."""
+    """Takes handled entries in sequence order: the publish queue, and later others."""
 
     def advance(self, through: int) -> None:
-        """Every event up to ``through`` is handled: read them from the journal."""
-
-    def lost(self, after: int, resync_uuid: str) -> None:
-        """The kernel dropped events after sequence ``after``; ``resync_uuid`` re-announces."""
+        """Every entry up to ``through`` is handled: read them (events and losses) from the
+        journal."""
 
 
 class Pipeline:
@@ -88,30 +102,46 @@ class Pipeline:
         if self.feed is not None:
             self.feed.watch(self.devices.table)
         self.sinks: list[Sink] = self._sinks()
-        self.resync = Resync()
+        self.losses = Losses(journal, self.stats, config.receive_buffer)
+        self.losses.paused = lambda: self.paused
         self.reader = Reader(
             source,
             journal,
             self.stats,
             on_recorded=self.sequencer.notify,
-            on_overflow=self._lost,
+            on_overflow=self.losses.overflow,
             on_end=self._reader_ended,
+            on_capped=self.losses.capped,
+            on_room=self.losses.room,
+            resume_room=max(1, journal.max_entries // 10),
         )
+        self.publisher.followers += [self.reader, self.losses]  # room again: resume, resync
+        self.queries = Queries(journal.path)
         self.exit_code = ExitCode.OK
         self.reload_hook: Callable[[], Config] | None = None
         self._stop = asyncio.Event()
+        self.supervisor = Supervisor(self.fail, self._stop.is_set)
+        self._housekeeping_trouble = Trouble(log)
 
     # What the D-Bus object asks (pnpbroker.bus.service.Core).
-    def events_after(self, after: int, limit: int) -> list[Record]:
-        return self.journal.between(after, self.journal.handled, limit)
+    async def events_after(self, after: int, limit: int) -> list[Record]:
+        return await self.queries.events(after, self.journal.synced, limit)
+
+    async def page(self, after: int, limit: int, wanted: Filter) -> Page:
+        return await self.queries.page(after, self.journal.synced, limit, wanted)
 
     @property
     def last_sequence(self) -> int:
-        return self.journal.handled
+        """The last entry handled and on disk: GetEvents returns up to it, signals stop at it."""
+        return self.journal.synced
 
     @property
     def oldest_sequence(self) -> int:
         return self.journal.oldest
+
+    @property
+    def journal_id(self) -> str:
+        return self.journal.journal_id
 
     async def device_snapshot(self, wanted: Filter) -> tuple[int, list[Device]]:
         """GetDevices: the table's sequence and the devices that match (once it is current)."""
@@ -170,20 +200,6 @@ class Pipeline:
         for sink in self.sinks:
             sink.advance(through)
 
-    def _lost(self) -> None:
-        self.stats["overflows"] += 1
-        after = self.journal.last
-        uuid = self.resync.request()
-        log.error(
-            "KERNEL DROPPED UEVENTS: receive buffer overflow (ENOBUFS) after sequence %d; "
-            "raise receive_buffer (now %d bytes); devices re-announced with SYNTH_UUID=%s",
-            after,
-            self.config.receive_buffer,
-            uuid,
-        )
-        for sink in self.sinks:
-            sink.lost(after, uuid)
-
     def _reader_ended(self, eof: bool) -> None:
         if eof:
             asyncio.get_running_loop().create_task(self._finish_stream())
@@ -199,14 +215,6 @@ class Pipeline:
             self.publisher.acked.clear()
             await self.publisher.acked.wait()
         self.stop()
-
-    def _stage_died(self, task: asyncio.Task[Any]) -> None:
-        """A stage must never end on its own; if one does, fail loudly."""
-        if task.cancelled() or self._stop.is_set():
-            return
-        exc = task.exception()
-        log.error("%s stopped unexpectedly: %r; stopping", task.get_name(), exc)
-        self.fail()
 
     # Configuration.
     def reload(self) -> None:
@@ -235,6 +243,8 @@ class Pipeline:
         self.sequencer.mode = make_mode(config, self.runner)
         self.journal.max_events = config.retention_events
         self.journal.max_age = config.retention_days * 86400
+        self.journal.max_entries = config.journal_max_events
+        self.reader.resume_room = max(1, config.journal_max_events // 10)
         logging.getLogger("pnpbroker").setLevel(config.log_level.upper())
         self.config = config
         log.info("configuration reloaded; program: %s", config.hotplug_program or "none")
@@ -270,10 +280,17 @@ class Pipeline:
             await asyncio.sleep(STATUS_SECONDS)
 
     async def _housekeeping(self) -> None:
+        """Save the cursors and apply retention; a journal that cannot be written is retried."""
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
-            self.journal.flush()
-            if pruned := self.journal.prune():
+            try:
+                self.journal.flush()
+                pruned = self.journal.prune()
+            except sqlite3.Error as exc:
+                self._housekeeping_trouble.failed("journal housekeeping failed: %s", exc)
+                continue
+            self._housekeeping_trouble.over("journal housekeeping works again")
+            if pruned:
                 log.debug("retention removed %d journalled events", pruned)
 
     async def run(self) -> ExitCode:
@@ -281,7 +298,6 @@ class Pipeline:
 
         Call :meth:`close` afterwards (after whatever serves the journal has stopped).
         """
-        loop = asyncio.get_running_loop()
         if self.feed is not None:
             await self.feed.start()
         backlog = self.journal.last - self.journal.published
@@ -289,36 +305,37 @@ class Pipeline:
             log.info("resuming: %d journalled events not yet published", backlog)
         self.reader.start()
         self.devices.start()
+        start = self.supervisor.start
         stages = [
-            loop.create_task(self.sequencer.run(), name="sequencer"),
-            loop.create_task(self.publisher.run(), name="publisher"),
+            start(self.sequencer.run(), "sequencer"),
+            start(self.publisher.run(), "publisher"),
         ]
-        for task in stages:
-            task.add_done_callback(self._stage_died)
         helpers = [
-            loop.create_task(self._housekeeping(), name="housekeeping"),
-            loop.create_task(self._report_status(), name="status"),
+            start(self._housekeeping(), "housekeeping"),
+            start(self._report_status(), "status"),
         ]
         await self._stop.wait()
         await self._drain(*stages)
-        for task in helpers:
-            task.cancel()
-        await asyncio.gather(*helpers, return_exceptions=True)
+        await self.supervisor.cancel(*helpers)
         return self.exit_code
 
     async def _drain(self, sequencer: asyncio.Task[None], publisher: asyncio.Task[None]) -> None:
+        """Finish the running program, then publish what is handled (a stage that died has
+        been reported by the supervisor already)."""
         sd_notify("STOPPING=1")
         log.info("stopping: finishing the running program")
         self.reader.stop()
         self.sequencer.stop()
-        await sequencer
+        await asyncio.gather(sequencer, return_exceptions=True)
         self.publisher.stop()
         try:
-            await asyncio.wait_for(publisher, SHUTDOWN_PUBLISH_SECONDS)
+            await asyncio.wait_for(asyncio.gather(publisher, return_exceptions=True),
+                                   SHUTDOWN_PUBLISH_SECONDS)  # fmt: skip
         except TimeoutError:
             log.warning("the link did not take the last events; they are sent at the next start")
 
     def close(self) -> None:
+        self.queries.close()
         self.devices.close()
         self.runner.close()
         if self.rebroadcaster is not None:

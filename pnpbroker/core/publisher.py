@@ -1,6 +1,7 @@
 """The publish queue: handled events go out over a link, in order, acknowledged in windows.
 
-It reads handled-but-unpublished records from the journal and sends them on the current
+It reads handled-but-unpublished entries (events, and losses in their place) from the journal
+and sends them on the current
 :class:`Link` (the D-Bus server's connection; a fake one in the unit tests). Every ``WINDOW``
 events (and in a quiet moment) it asks the link for a barrier; a barrier's completion moves the
 journal's ``published`` cursor and tells the followers (``--output``). At most ``MAX_BARRIERS``
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections import deque
 from typing import Any, Protocol
 
-from pnpbroker.journal import Journal, Record
+from pnpbroker.journal import Entry, Journal
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,8 @@ GATHER_SECONDS = 0.01
 class Link(Protocol):
     """Where events are published: sends without waiting, and proves receipt with barriers."""
 
-    def send(self, records: list[Record]) -> None:
-        """Queue these events, in order; raise if the link is broken."""
-
-    def send_lost(self, after: int, resync_uuid: str) -> None:
-        """Queue the news that the kernel dropped events after sequence ``after``."""
+    def send(self, entries: list[Entry]) -> None:
+        """Queue these events and losses, in order; raise if the link is broken."""
 
     def barrier(self) -> asyncio.Future[Any]:
         """Resolves once everything sent before it was taken; fails if the link broke."""
@@ -84,15 +83,6 @@ class Publisher:
         """Events up to ``through`` are handled (the pipeline's sink interface)."""
         self._wake.set()
 
-    def lost(self, after: int, resync_uuid: str) -> None:
-        """Tell subscribers now, out of band, if a link is up (a dying one is its keeper's)."""
-        if self._link is None:
-            return
-        try:
-            self._link.send_lost(after, resync_uuid)
-        except Exception as exc:
-            log.warning("could not signal EventsLost: %s", exc)
-
     def stop(self) -> None:
         """Publish what is handled, then return from :meth:`run`."""
         self._stopping = True
@@ -136,6 +126,8 @@ class Publisher:
         while link is self._link:
             records = await self._gather(sent)
             if records:
+                if records[-1].sequence > self.journal.synced:
+                    await self.journal.sync()  # nothing reaches a client before it is on disk
                 _send(link, records)
                 sent = records[-1].sequence
                 unacked += len(records)
@@ -147,11 +139,18 @@ class Publisher:
                 if unacked:
                     barriers.append((link.barrier(), sent))
                 await self._settle(barriers, 0)
-                self.journal.flush()
+                self._flush()
                 return True
         return False
 
-    async def _gather(self, sent: int) -> list[Record]:
+    def _flush(self) -> None:
+        """Save the cursors; if the journal cannot take them now, housekeeping tries again."""
+        try:
+            self.journal.flush()
+        except sqlite3.Error as exc:
+            log.debug("cursors not saved yet: %s", exc)
+
+    async def _gather(self, sent: int) -> list[Entry]:
         """The next handled records; while more events are queued right behind them, let up to
         a window gather for a few milliseconds: one write wakes the bus daemon and every
         subscriber once, instead of once per event. With nothing queued, no waiting."""
@@ -204,7 +203,7 @@ class Publisher:
             follower.advance(through)
 
 
-def _send(link: Link, records: list[Record]) -> None:
+def _send(link: Link, records: list[Entry]) -> None:
     try:
         link.send(records)
     except Exception as exc:

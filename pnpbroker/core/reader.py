@@ -4,10 +4,20 @@ It runs in the loop's ``add_reader`` callback, so a running legacy program never
 draining the kernel socket. Each batch is admitted (:func:`pnpbroker.sources.check`) and
 recorded in one transaction before anything else happens to it. Rejected datagrams are counted
 and logged (the first few of each kind, then one in a thousand), and so are events that give
-a key twice (taken, with the first value); an overflow is handed up after
-what was read before it is recorded; a journal that cannot take a batch pauses reading (the
-kernel keeps queueing) and is retried. ``run --dry-run`` uses this same reader with a store
-that prints instead of journalling.
+a key twice (taken, with the first value). An overflow is journalled as a loss
+(:class:`~pnpbroker.journal.Lost`) in its place: after what was read before it, with the resync
+the pipeline started for it.
+
+Two faults of the store, two answers:
+
+- **It fails** (a full disk): reading pauses (the kernel keeps queueing in the socket's buffer)
+  and the batch, kept in memory, is retried every second until it is taken; nothing is lost
+  unless the kernel's buffer overflows meanwhile, which is then journalled as any overflow.
+- **It is at its cap** (``journal_max_events``, while paused or far behind): what fits is kept,
+  then one loss takes the last place, and new events are dropped (counted in ``dropped``) until
+  a tenth of the cap is free again; then the pipeline starts the resync that loss names.
+
+``run --dry-run`` uses this same reader with a store that prints instead of journalling.
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pnpbroker.errors import ForgedSender, MalformedUevent
+from pnpbroker.journal import Lost
 from pnpbroker.sources import Item, Overflow, Source, check
+from pnpbroker.trouble import Trouble
 from pnpbroker.uevent import Uevent
 
 log = logging.getLogger(__name__)
@@ -30,17 +42,26 @@ JOURNAL_RETRY_SECONDS = 1.0
 #: Log the first N of each kind of rejected datagram, then one in every M.
 _LOG_FIRST, _LOG_EVERY = 10, 1000
 
-Accepted = tuple[Uevent, bytes]
+#: An admitted event with its datagram, or a loss (no datagram).
+Accepted = tuple[Uevent | Lost, bytes]
 
 
 class Store(Protocol):
     """Where admitted events go: the journal (or the dry run's printer)."""
 
-    def append(self, events: Sequence[Uevent], raw: Sequence[bytes] | None = None) -> int: ...
+    def append(self, items: Sequence[Uevent | Lost], raw: Sequence[bytes] | None = None) -> int:
+        """Record the batch in one transaction; sqlite3.Error if it cannot."""
+
+    def room(self, wanted: int) -> int:
+        """How many of ``wanted`` new entries fit."""
 
 
 class Reader:
-    """Source -> checks -> store; calls back when events were recorded, lost, or it ended."""
+    """Source -> checks -> store; calls back when events were recorded, lost, or it ended.
+
+    ``on_overflow(item)`` returns the resync UUID the loss names; ``on_capped()`` the same for
+    the cap's loss; ``on_room()`` says the cap's loss is over (its resync may start).
+    """
 
     def __init__(
         self,
@@ -49,8 +70,11 @@ class Reader:
         stats: Counter[str],
         *,
         on_recorded: Callable[[], None],
-        on_overflow: Callable[[], None],
+        on_overflow: Callable[[Overflow], str],
         on_end: Callable[[bool], None],
+        on_capped: Callable[[], str] = lambda: "",
+        on_room: Callable[[], None] = lambda: None,
+        resume_room: int = 1,
     ) -> None:
         self.source = source
         self.store = store
@@ -58,8 +82,13 @@ class Reader:
         self.on_recorded = on_recorded
         self.on_overflow = on_overflow
         self.on_end = on_end  # True: the stream ended; False: the source failed
+        self.on_capped = on_capped
+        self.on_room = on_room
+        self.resume_room = resume_room
+        self.capped = False
         self._unrecorded: list[Accepted] = []
         self._stopped = False
+        self._full = Trouble(log)
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self.source.fileno(), self._on_readable)
@@ -90,9 +119,7 @@ class Reader:
         accepted: list[Accepted] = []
         for item in items:
             if isinstance(item, Overflow):
-                self._record(accepted)  # read before the overflow: EventsLost names what follows
-                accepted = []
-                self.on_overflow()
+                accepted.append((Lost(self.on_overflow(item)), b""))  # after what came before
                 continue
             try:
                 event = check(item)
@@ -109,32 +136,70 @@ class Reader:
 
     def _record(self, accepted: list[Accepted]) -> None:
         """Journal a batch; if the journal cannot take it, stop reading until it can."""
-        self.stats["received"] += len(accepted)
+        self.stats["received"] += sum(1 for item, _ in accepted if not isinstance(item, Lost))
         pending = self._unrecorded
         if not pending and not accepted:
             return
         pending.extend(accepted)
         try:
-            self.store.append([event for event, _ in pending], [raw for _, raw in pending])
+            self._fit(pending)
+            if pending:
+                self.store.append([item for item, _ in pending], [raw for _, raw in pending])
         except sqlite3.Error as exc:
-            log.error(
-                "cannot journal %d events (%s); pausing reading, the kernel queues meanwhile",
+            self._full.failed(
+                "JOURNAL NOT WRITABLE: cannot journal %d events (%s); reading paused, the kernel "
+                "queues events meanwhile; retrying every %.0f s",
                 len(pending),
                 exc,
+                JOURNAL_RETRY_SECONDS,
             )
             loop = asyncio.get_running_loop()
             loop.remove_reader(self.source.fileno())
             loop.call_later(JOURNAL_RETRY_SECONDS, self._retry)
             return
-        pending.clear()
-        self.on_recorded()
+        if pending:
+            pending.clear()
+            self.on_recorded()
+
+    def advance(self, through: int) -> None:
+        """The publish queue acknowledged up to ``through`` (this is one of its followers):
+        published entries can make room, so a capped reader looks whether it may take events
+        again, also when none are arriving."""
+        if self.capped:
+            with contextlib.suppress(sqlite3.Error):  # the next batch will try again
+                self._uncap()
+
+    def _uncap(self) -> bool:
+        """True once the store has room again (a tenth of the cap, ``resume_room``)."""
+        if self.capped and self.store.room(self.resume_room) >= self.resume_room:
+            self.capped = False
+            self.on_room()
+        return not self.capped
+
+    def _fit(self, pending: list[Accepted]) -> None:
+        """Keep what fits under the store's cap: past it, one loss, then drop until there is
+        room again (what is dropped is counted; the loss's resync covers it)."""
+        if not self._uncap():
+            self._drop(pending, 0)
+            return
+        fit = self.store.room(len(pending) + 1)  # the last place is kept for a loss
+        if fit > len(pending):
+            return
+        self._drop(pending, max(fit - 1, 0))
+        pending.append((Lost(self.on_capped()), b""))
+        self.capped = True
+
+    def _drop(self, pending: list[Accepted], keep: int) -> None:
+        dropped = pending[keep:]
+        del pending[keep:]
+        self.stats["dropped"] += sum(1 for item, _ in dropped if not isinstance(item, Lost))
 
     def _retry(self) -> None:
         if self._stopped:
             return
         self._record([])
         if not self._unrecorded:
-            log.info("journal writable again; reading resumes")
+            self._full.over("journal writable again; reading resumes")
             self.start()
 
     def _duplicates(self, event: Uevent, where: str) -> None:

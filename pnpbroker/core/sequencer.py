@@ -1,25 +1,34 @@
 """The serial stage: one event at a time, in sequence order, through the legacy mode.
 
-It takes unhandled records from the journal, awaits the mode (the program runs, the loop keeps
+It takes unhandled entries from the journal, awaits the mode (the program runs, the loop keeps
 reading the kernel), stores the outcome durably, and tells the pipeline, which advances its
-sinks (the publish queue first). With no mode configured it only moves the handled cursor.
-While paused it runs nothing (events still queue).
+sinks (the publish queue first). A loss runs nothing: it is handled as it is. With no mode
+configured it only moves the handled cursor. While paused it runs nothing (events still queue).
+
+An outcome the journal cannot store (a full disk) is kept and stored again every few seconds
+until it is taken; the program is never run again for it, and nothing after it runs meanwhile
+(the order holds). Only a stop can end the wait: then the outcome is lost and that one program
+runs again at the next start, which the log says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 
-from pnpbroker.journal import Journal
+from pnpbroker.journal import Journal, Lost
 from pnpbroker.legacy.modes import Mode
 from pnpbroker.outcome import Outcome
+from pnpbroker.trouble import Trouble
 from pnpbroker.uevent import Uevent
 
 log = logging.getLogger(__name__)
 
 PAGE = 512
+#: First wait before storing an outcome again; it doubles up to STORE_RETRY_MAX.
+STORE_RETRY_SECONDS, STORE_RETRY_MAX = 0.5, 5.0
 
 
 class Sequencer:
@@ -33,6 +42,7 @@ class Sequencer:
         self._running = asyncio.Event()
         self._running.set()
         self._stopping = False
+        self._full = Trouble(log)
 
     @property
     def paused(self) -> bool:
@@ -87,6 +97,36 @@ class Sequencer:
             for record in records:
                 if self._stopping or self.paused:
                     break
-                outcome = await self._handle(self.mode, record.event, record.sequence)
-                self.journal.record_outcome(record.sequence, outcome)
+                outcome = None
+                if not isinstance(record, Lost):
+                    outcome = await self._handle(self.mode, record.event, record.sequence)
+                if not await self._store(record.sequence, outcome):
+                    break
                 self.on_handled()
+
+    async def _store(self, sequence: int, outcome: Outcome | None) -> bool:
+        """Store the outcome, waiting as long as the journal refuses (False: stopped first)."""
+        delay = STORE_RETRY_SECONDS
+        while True:
+            try:
+                self.journal.record_outcome(sequence, outcome)
+            except sqlite3.Error as exc:
+                if self._stopping:
+                    log.error(
+                        "stopping with the outcome of event %d unstored (%s): its program "
+                        "runs again at the next start",
+                        sequence,
+                        exc,
+                    )
+                    return False
+                self._full.failed(
+                    "JOURNAL NOT WRITABLE: cannot store the outcome of event %d (%s); it is "
+                    "kept and stored when the journal takes it, nothing else runs meanwhile",
+                    sequence,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
+                continue
+            self._full.over("the journal took the outcome of event %d; handling goes on", sequence)
+            return True

@@ -6,8 +6,10 @@ the scan and is in what it reads; every event after the mark is folded into the 
 in sequence order, whether or not the scan already saw its effect (an event sets a device's
 whole entry, so the last event of a device decides, as in the kernel). The scanned table takes
 over once the handled cursor reaches the mark; from then on the table's ``sequence`` follows
-the handled cursor, and :meth:`DeviceSink.snapshot` (GetDevices) answers. When the kernel drops
-events, the same is done again (a lost ``remove`` would otherwise leave a device behind);
+the handled cursor, and :meth:`DeviceSink.snapshot` (GetDevices) answers. When events were
+lost (a loss in the journal, in its place: the kernel dropped events, the journal was at its
+cap or was replaced), the same is done again (a lost ``remove`` would otherwise leave a device
+behind);
 meanwhile GetDevices waits, so a client that re-reads the table after EventsLost gets the new
 one. Long backlogs are folded in turns, so the reader is never kept from the kernel's socket.
 """
@@ -20,7 +22,7 @@ from collections.abc import Callable
 
 from pnpbroker.client.model import Filter
 from pnpbroker.client.table import Device, DeviceTable
-from pnpbroker.journal import Journal
+from pnpbroker.journal import Journal, Lost
 from pnpbroker.uevent import valid_utf8
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ Scan = Callable[[], list[Device]]
 
 
 class DeviceSink:
-    """Keeps :attr:`table` current (a pipeline sink: ``advance`` and ``lost``)."""
+    """Keeps :attr:`table` current (a pipeline sink: ``advance``)."""
 
     def __init__(self, journal: Journal, scan: Scan) -> None:
         self.journal = journal
@@ -67,8 +69,8 @@ class DeviceSink:
         if self._scanned and self._folding is None:
             self._fold()
 
-    def lost(self, after: int, resync_uuid: str) -> None:
-        """Events were dropped after ``after``: nothing but a new scan can say what changed."""
+    def lost(self) -> None:
+        """Events were lost: nothing but a new scan can say what changed."""
         self._current.clear()
         self._built = None
         self._rescan()
@@ -135,7 +137,7 @@ class DeviceSink:
             self._fold_turn()
         except Exception:
             log.exception("device table: folding failed at %d; rescanning", self.table.sequence)
-            self.lost(self.table.sequence, "")
+            self.lost()
 
     def _fold_turn(self) -> None:
         table, left = self.table, TURN
@@ -144,9 +146,14 @@ class DeviceSink:
             if not records or records[0].sequence != table.sequence + 1:
                 log.error("device table: events after %d are gone; rescanning", table.sequence)
                 table.sequence = self._through
-                self.lost(table.sequence, "")
+                self.lost()
                 return
             for record in records:
+                if isinstance(record, Lost):
+                    log.warning("device table: events lost at %d; rescanning", record.sequence)
+                    table.sequence = record.sequence
+                    self.lost()
+                    return
                 table.apply(record.sequence, valid_utf8(record.event.properties))
             left -= len(records)
         if table.sequence < self._through:

@@ -159,8 +159,7 @@ class Forwarder:
         if message.topic == frames.LOST_TOPIC:
             user.append(("lost", f"{message.first}-{message.last}"))
             log.error(
-                "events %d..%d were never forwarded: the journal no longer holds them "
-                "(reported on %s)",
+                "a loss in the stream at %d..%d: reported on %s",
                 message.first,
                 message.last,
                 frames.LOST_TOPIC,

@@ -3,7 +3,10 @@
 The broker (``pnpbroker run``) writes one line per journalled event::
 
     event SEQUENCE TOPIC JSON      JSON: the payload without "host" (the forwarder adds it)
-    lost FIRST LAST                the journal no longer holds FIRST..LAST: never forwarded
+    lost FIRST LAST KIND [UUID]    a loss: KIND "stream" (the journal's own loss entry at FIRST =
+                                   LAST: the kernel dropped events, the journal's cap, or a
+                                   journal made afresh; UUID re-announces the devices), or
+                                   "retention" (FIRST..LAST left the journal unforwarded)
     device TOPIC JSON              a device's current entry (retained; not in the sequence)
     gone TOPIC                     the device is no longer there (an empty retained message)
 
@@ -27,6 +30,8 @@ VERSION = 1
 #: Where losses go, beside ``events/<subsystem>/<action>`` (one level less: no clash).
 LOST_TOPIC = "events/lost"
 STATUS_TOPIC = "status"
+#: The kinds of loss: one in the host's own stream, or entries retention took unforwarded.
+STREAM, RETENTION = "stream", "retention"
 ONLINE, OFFLINE = b"online", b"offline"
 #: A topic level keeps these; anything else (MQTT's "+", "#", "/", spaces, NUL) becomes "_".
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:@=-]")
@@ -85,8 +90,9 @@ def gone(devpath: str) -> bytes:
     return f"gone {device_topic(devpath)}\n".encode()
 
 
-def lost(first: int, last: int) -> bytes:
-    return f"lost {first} {last}\n".encode()
+def lost(first: int, last: int, kind: str, resync_uuid: str = "") -> bytes:
+    uuid = f" {resync_uuid}" if resync_uuid else ""
+    return f"lost {first} {last} {kind}{uuid}\n".encode()
 
 
 def ack(sequence: int) -> bytes:
@@ -136,9 +142,16 @@ def read(line: bytes, host: str, journal_id: str) -> Message:
         if kind == b"gone" and rest:
             return Message(0, 0, rest.decode(), b"", retain=True)
         if kind == b"lost":
-            first, last = map(int, rest.split(b" "))
-            body = {"host": host, "journal_id": journal_id, "first": first, "last": last}
-            return Message(first, last, LOST_TOPIC, json.dumps(body).encode())
+            first, last, why, *uuid = rest.decode().split(" ")
+            body = {
+                "host": host,
+                "journal_id": journal_id,
+                "first": int(first),
+                "last": int(last),
+                "kind": why,
+                "resync_uuid": uuid[0] if uuid else "",
+            }
+            return Message(int(first), int(last), LOST_TOPIC, json.dumps(body).encode())
     except ValueError:
         pass
     raise FrameError(f"not an event or lost frame: {line[:80]!r}")

@@ -34,7 +34,11 @@ class Datagram:
 
 @dataclass(frozen=True, slots=True)
 class Overflow:
-    """The kernel dropped events for us: the socket's receive buffer overflowed (ENOBUFS)."""
+    """Events were lost here: the kernel dropped events for us (ENOBUFS: the socket's receive
+    buffer overflowed), or a recorded stream says a loss was journalled here, with the resync
+    that followed it (``recorded``: its UUID)."""
+
+    recorded: str | None = None
 
 
 Item = Datagram | Overflow

@@ -5,6 +5,11 @@ NUL: the empty field ends the record. Records are cut here and handed on as data
 ``where`` names their byte offset, so a malformed one is reported at its offset and skipped by
 the reader like any bad datagram. At the end of the input ``eof`` turns true.
 
+A loss is one record of its own (what ``--output`` writes for a loss in the journal):
+``!lost\0RESYNC_UUID=<uuid>\0`` and the terminating NUL. Its header has no ``@``, so a reader
+of kernel uevents rejects it as a malformed event; this one journals it as a loss again, in its
+place, naming the same resync (whose events follow in the stream).
+
 epoll cannot watch a regular file, so for one we watch a pipe that always holds a byte (the
 file is always "readable") and read the file in bounded chunks, one chunk per loop turn.
 """
@@ -16,13 +21,21 @@ import os
 import stat
 from typing import BinaryIO
 
-from pnpbroker.sources import Datagram, Item
+from pnpbroker.sources import Datagram, Item, Overflow
 from pnpbroker.uevent import MAX_UEVENT_SIZE
 
 log = logging.getLogger(__name__)
 
 TERMINATOR = b"\0\0"
 CHUNK = 1 << 16
+#: The start of a loss record, and its one key.
+LOST_HEADER = b"!lost\0"
+LOST_KEY = b"RESYNC_UUID="
+
+
+def lost_record(resync_uuid: str) -> bytes:
+    """A loss in the stream format (terminator included)."""
+    return LOST_HEADER + LOST_KEY + resync_uuid.encode() + TERMINATOR
 
 
 class StreamSource:
@@ -75,7 +88,7 @@ class StreamSource:
             if end < 0:
                 break
             if not self._skipping:
-                items.append(self._datagram(buffer[start : end + 1], start))
+                items.append(self._item(buffer[start : end + 1], start))
             self._skipping = False
             start = end + 2
         if len(buffer) - start > MAX_UEVENT_SIZE and not self._skipping:
@@ -85,6 +98,13 @@ class StreamSource:
             start = max(start, len(buffer) - 1)
         self._buffer, self._offset = buffer[start:], self._offset + start
         return items
+
+    def _item(self, data: bytes, start: int) -> Item:
+        if data.startswith(LOST_HEADER + LOST_KEY):
+            return Overflow(
+                recorded=data[len(LOST_HEADER + LOST_KEY) : -1].decode(errors="replace")
+            )
+        return self._datagram(data, start)
 
     def _datagram(self, data: bytes, start: int, truncated: bool = False) -> Datagram:
         return Datagram(data, where=f"{self.name} byte {self._offset + start}", truncated=truncated)

@@ -37,6 +37,7 @@ class BrokerProcess:
         netns: NetNS | None = None,
         env: Mapping[str, str] | None = None,
         command: str = "run",
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.bus = bus
         self.state_dir = state_dir
@@ -44,6 +45,7 @@ class BrokerProcess:
         self.netns = netns
         self.extra_env = dict(env or {})
         self.command = command
+        self.wrapper = list(wrapper)  # e.g. setpriv dropping capabilities
         self._dir = Path(tempfile.mkdtemp(prefix="pnpt-broker-"))
         self.log_path = self._dir / "broker.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -52,7 +54,8 @@ class BrokerProcess:
     def argv(self) -> list[str]:
         prefix = self.netns.exec_prefix() if self.netns is not None else []
         state = ["--state-dir", str(self.state_dir)] if self.command == "run" else []
-        return [*prefix, sys.executable, "-m", "pnpbroker", self.command, *state, *self.args]
+        command = [sys.executable, "-m", "pnpbroker", self.command, *state, *self.args]
+        return [*prefix, *self.wrapper, *command]
 
     def start(
         self, timeout: float = 30.0, *, wait_ready: bool = True, **popen: object
@@ -89,6 +92,10 @@ class BrokerProcess:
             if ready and wanted in self._notify.recv(4096).decode():
                 return
         raise BrokerFailed(f"no {wanted} within {timeout} s:\n{self.log()}")
+
+    def running(self) -> bool:
+        """Started, and not exited."""
+        return self.proc is not None and self.proc.poll() is None
 
     @property
     def pid(self) -> int:
@@ -128,7 +135,11 @@ class BrokerProcess:
             self._notify.close()
 
     def __enter__(self) -> BrokerProcess:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # a broker that never became ready: no process, no socket left over
+            raise
 
     def __exit__(
         self,

@@ -7,18 +7,20 @@ installed bus policy. It listens in a temporary directory, never on /run/dbus/sy
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from xml.sax.saxutils import escape
 
 from support import REPO_ROOT
 
+_DAEMON = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
 POLICY_FILE = REPO_ROOT / "dbus" / "org.pnp.Broker.conf"
 POLKIT_BUS_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
 ADDRESS_ENV = "DBUS_SYSTEM_BUS_ADDRESS"
@@ -29,7 +31,7 @@ _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configura
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig>
   <type>system</type>
-  <auth>EXTERNAL</auth>
+  <auth>{auth}</auth>
   <listen>unix:path={socket}</listen>
   <policy context="default">
     <allow user="*"/>
@@ -60,14 +62,30 @@ _CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configura
     <allow send_destination="org.freedesktop.DBus"
            send_interface="org.freedesktop.DBus.Monitoring"/>
   </policy>
-{includes}</busconfig>
+{limits}{includes}</busconfig>
 """
 
 
-def render_config(socket_path: Path, includes: Sequence[Path]) -> str:
-    """The daemon configuration text: system defaults, our socket, then the policy includes."""
+def render_config(
+    socket_path: Path,
+    includes: Sequence[Path],
+    *,
+    auth: str = "EXTERNAL",
+    limits: Mapping[str, int] | None = None,
+) -> str:
+    """The daemon configuration text: system defaults, our socket, then the policy includes.
+
+    ``auth`` is the one mechanism the daemon offers; ``limits`` are ``<limit>`` elements
+    (``max_outgoing_bytes``, ...), for tests of what the daemon does at its limits.
+    """
     lines = "".join(f"  <include>{escape(str(p))}</include>\n" for p in includes)
-    return _CONFIG.format(socket=escape(str(socket_path)), includes=lines)
+    limit_lines = "".join(
+        f'  <limit name="{escape(name)}">{value}</limit>\n'
+        for name, value in (limits or {}).items()
+    )
+    return _CONFIG.format(
+        socket=escape(str(socket_path)), auth=escape(auth), limits=limit_lines, includes=lines
+    )
 
 
 class SystemBus:
@@ -77,8 +95,19 @@ class SystemBus:
     rules apply to the test process and not to clients started as `nobody`.
     """
 
-    def __init__(self, extra_includes: Sequence[Path] = (), *, timeout: float = 10.0) -> None:
-        self.includes: list[Path] = [POLICY_FILE, *extra_includes]
+    def __init__(
+        self,
+        extra_includes: Sequence[Path] = (),
+        *,
+        timeout: float = 10.0,
+        policy: bool = True,
+        auth: str = "EXTERNAL",
+        limits: Mapping[str, int] | None = None,
+    ) -> None:
+        self.extra_includes = list(extra_includes)
+        self.policy = policy
+        self.auth = auth
+        self.limits = dict(limits or {})
         self.timeout = timeout
         self.directory = Path(tempfile.mkdtemp(prefix="pnpt-bus-"))
         # mkdtemp makes 0700; clients running as `nobody` must reach the socket.
@@ -89,9 +118,18 @@ class SystemBus:
         self.address = f"unix:path={self.socket_path}"
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def includes(self) -> list[Path]:
+        """The policy files included: ours (unless ``policy`` is off), then the extra ones."""
+        return [*([POLICY_FILE] if self.policy else []), *self.extra_includes]
+
+    def write_config(self) -> None:
+        text = render_config(self.socket_path, self.includes, auth=self.auth, limits=self.limits)
+        self.config_path.write_text(text)
+
     def start(self) -> SystemBus:
         """Write the config, start dbus-daemon and wait for it to print its address."""
-        self.config_path.write_text(render_config(self.socket_path, self.includes))
+        self.write_config()
         read_fd, write_fd = os.pipe()
         try:
             with self.log_path.open("wb") as log:
@@ -144,24 +182,39 @@ class SystemBus:
 
     def name_has_owner(self, name: str) -> bool:
         """Ask the bus daemon itself (via busctl) whether `name` is owned right now."""
+        return self.busctl("call", *_DAEMON, "NameHasOwner", "s", name) == ["b", "true"]
+
+    def reload(self) -> None:
+        """Write the configuration again (``policy`` may have changed) and have the running
+        daemon re-read it, as ``systemctl reload dbus`` does (``ReloadConfig``)."""
+        self.write_config()
+        self.busctl("call", *_DAEMON, "ReloadConfig")
+
+    def busctl(self, *args: str) -> list[str]:
+        """``busctl --address=... ARGS`` as root; its output split into words."""
         out = subprocess.run(
-            [
-                "busctl",
-                f"--address={self.address}",
-                "call",
-                "org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus",
-                "NameHasOwner",
-                "s",
-                name,
-            ],
+            ["busctl", f"--address={self.address}", *args],
             check=True,
             capture_output=True,
             text=True,
             timeout=self.timeout,
-        ).stdout.split()
-        return out == ["b", "true"]
+        )
+        return out.stdout.split()
+
+    def connections_of(self, pid: int) -> int:
+        """How many connections the daemon has from process ``pid`` (ListNames, then the pid of
+        each unique name): a process that leaks connections shows more than one."""
+        names = self.busctl("--json=short", "call", *_DAEMON, "ListNames")
+        found = 0
+        for name in json.loads(" ".join(names))["data"][0]:
+            if not name.startswith(":"):
+                continue
+            try:
+                words = self.busctl("call", *_DAEMON, "GetConnectionUnixProcessID", "s", name)
+            except subprocess.CalledProcessError:  # gone meanwhile
+                continue
+            found += words == ["u", str(pid)]
+        return found
 
     def crash(self) -> None:
         """SIGKILL the daemon, as a crash would; keep the directory so start() can follow."""

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from pnpbroker.journal import Record
+from pnpbroker.journal import Entry, Lost, Record
 from pnpbroker.outcome import Outcome
 from pnpbroker.sources import Datagram, Item
 from pnpbroker.uevent import Uevent, from_properties, serialize
@@ -35,26 +35,31 @@ class FakeLink:
     the test says (``ack``), or all fail at once (``die``), as a dropped connection's would."""
 
     def __init__(self) -> None:
-        self.sent: list[Record] = []
+        self.entries: list[Entry] = []
         self.batches: list[int] = []
-        self.lost: list[tuple[int, str]] = []
         self.barriers: list[asyncio.Future[Any]] = []
         self.broken = False
 
     @property
+    def sent(self) -> list[Record]:
+        """The events sent (as Event signals)."""
+        return [entry for entry in self.entries if isinstance(entry, Record)]
+
+    @property
+    def lost(self) -> list[tuple[int, str]]:
+        """The losses sent (as EventsLost: the sequence before, the resync)."""
+        return [(e.sequence - 1, e.resync_uuid) for e in self.entries if isinstance(e, Lost)]
+
+    @property
     def sequences(self) -> list[int]:
-        return [record.sequence for record in self.sent]
+        """Every sequence sent, events and losses, in order."""
+        return [entry.sequence for entry in self.entries]
 
-    def send(self, records: list[Record]) -> None:
+    def send(self, entries: list[Entry]) -> None:
         if self.broken:
             raise ConnectionResetError("fake link is broken")
-        self.sent.extend(records)
-        self.batches.append(len(records))
-
-    def send_lost(self, after: int, resync_uuid: str) -> None:
-        if self.broken:
-            raise ConnectionResetError("fake link is broken")
-        self.lost.append((after, resync_uuid))
+        self.entries.extend(entries)
+        self.batches.append(len(entries))
 
     def barrier(self) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -143,3 +148,10 @@ async def until(check: Callable[[], bool], within: float = 10.0) -> None:
     async with asyncio.timeout(within):
         while not check():  # noqa: ASYNC110 - the stages have no event to offer a test
             await asyncio.sleep(0.001)
+
+
+def records(entries: list[Entry]) -> list[Record]:
+    """``entries`` as events, failing if one is a loss (for tests that journal no loss)."""
+    found = [entry for entry in entries if isinstance(entry, Record)]
+    assert len(found) == len(entries), f"a loss among {entries}"
+    return found
