@@ -74,8 +74,8 @@ async def test_unprivileged_readers_do_not_hold_up_the_events(
                 stats = await statistics(collector.bus)
             assert broker.stop() == 0, broker.log()
     assert len(made) == PROCESSES
-    assert all(load["calls"] > 0 for load in made), made
-    assert all(load["rows"] > 0 for load in made), made
+    assert all(load["total"] > 0 for load in made), made  # each really read the journal
+    assert sum(load["rows"] for load in made) > 0, made
     assert stats["overflows"] == 0
     ours = [m.body[0] for m in collector.members("Event") if is_mine(m.body[4])]
     assert len(set(ours)) == 3 * LINKS

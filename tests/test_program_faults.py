@@ -33,18 +33,6 @@ SECCOMP = str(REPO_ROOT / "tests" / "support" / "seccomp.py")
 TIMEOUT, GRACE = 1.0, 0.5
 
 
-class WrappedBroker(BrokerProcess):
-    """The broker started through ``wrapper`` (a command that ends by exec'ing the broker)."""
-
-    def __init__(self, *args: object, wrapper: list[str], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.wrapper = wrapper
-
-    def argv(self) -> list[str]:
-        prefix = self.netns.exec_prefix() if self.netns is not None else []
-        return [*prefix, *self.wrapper, *super().argv()[len(prefix) :]]
-
-
 @pytest.fixture
 def signals(system_bus: SystemBus) -> Iterator[Signals]:
     watcher = Signals(system_bus.address)
@@ -95,7 +83,7 @@ def test_a_program_that_cannot_be_killed_is_abandoned_and_reaped_later(
     config.write_text(f"kill_grace = {GRACE}\n")
     args = ["-c", str(config), "--hotplug-program", str(program), "--timeout", str(TIMEOUT)]
     wrapper = [sys.executable, SECCOMP] if wait == "sigchld" else []
-    broker = WrappedBroker(system_bus, tmp_path / "state", args, netns=netns, wrapper=wrapper)
+    broker = BrokerProcess(system_bus, tmp_path / "state", args, netns=netns, wrapper=wrapper)
     with broker:
         netns.add_ifbs(["stuck0", "ok0"])
         stuck_seq, stuck = _handler(signals, "stuck0")
@@ -171,7 +159,7 @@ def test_programs_get_exactly_descriptors_0_1_2(
     else:
         wrapper = [sys.executable, "-c", LISTEN_WRAPPER, str(uevents.fileno())]
     passed = (uevents.fileno(), stray, output)
-    broker = WrappedBroker(system_bus, tmp_path / "state", args, wrapper=wrapper)
+    broker = BrokerProcess(system_bus, tmp_path / "state", args, wrapper=wrapper)
     try:
         broker.start(pass_fds=passed)
         netns.add_ifbs(["fds0", "fds1"])

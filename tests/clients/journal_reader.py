@@ -1,7 +1,7 @@
 """Load: CONNECTIONS bus connections, each calling GetEvents from a random place in the journal
 in a loop, as fast as the broker answers. Usage: ``journal_reader.py CONNECTIONS HIGHEST``.
 Prints ``READY`` once every connection made its first call, and at SIGTERM one JSON line: the
-calls made, the rows received and the seconds passed since READY."""
+calls made, the rows received and the seconds passed since READY, and the calls made in all."""
 
 import asyncio
 import json
@@ -13,11 +13,11 @@ import time
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-calls = rows = 0
+calls = rows = total = 0
 
 
 async def reader(highest: int, started: asyncio.Event, count: list[int]) -> None:
-    global calls, rows
+    global calls, rows, total
     bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     while True:
         reply = await bus.call(
@@ -33,6 +33,7 @@ async def reader(highest: int, started: asyncio.Event, count: list[int]) -> None
         assert reply is not None
         assert reply.message_type == MessageType.METHOD_RETURN, reply
         calls += 1
+        total += 1
         rows += len(reply.body[0])
         count[0] += 1
         if count[0] == 1:
@@ -53,7 +54,8 @@ async def main(connections: int, highest: int) -> None:
     for task in tasks:
         task.cancel()
     seconds = time.monotonic() - ready
-    print(json.dumps({"calls": calls, "rows": rows, "seconds": seconds}), flush=True)
+    result = {"calls": calls, "rows": rows, "seconds": seconds, "total": total}
+    print(json.dumps(result), flush=True)
 
 
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
