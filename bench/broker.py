@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from support.broker import BrokerProcess
 from support.bus import SystemBus
+from support.journal import JOURNAL_NAME
 from support.netns import NetNS
 
 from bench import events, harness, spawn
@@ -178,8 +180,24 @@ def broker_latency(cfg: Config) -> Values:
 def broker_idle(cfg: Config) -> Values:
     """RSS (MB) and CPU (% of a core) of a ready broker with nothing to do, over idle_seconds."""
     with broker_setup() as (_ns, _address, proc):
+        before = _journalled(proc.state_dir)
         usage = idle_usage(proc.pid, cfg.idle_seconds)
-    return {"broker.idle.rss": usage["rss"], "broker.idle.cpu": usage["cpu"]}
+        arrived = _journalled(proc.state_dir) - before
+    return {
+        "broker.idle.rss": usage["rss"],
+        "broker.idle.cpu": usage["cpu"],
+        "broker.idle.events": arrived / cfg.idle_seconds,
+    }
+
+
+def _journalled(state: Path) -> int:
+    """The last sequence in the broker's journal (read-only, beside the running broker):
+    events from other devices leak into the namespace from the host, and an idle broker
+    journals and publishes each."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{state / JOURNAL_NAME}?mode=ro", uri=True)
+    ) as db:
+        return int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
 
 def broker_legacy(cfg: Config) -> Values:

@@ -258,6 +258,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         (
             Figure("broker.idle.rss", "idle broker: RSS", "MB", "idle.client.rss"),
             Figure("broker.idle.cpu", "idle broker: CPU", "%"),
+            Figure("broker.idle.events", "idle broker: events leaked in from the host", "ev/s"),
         ),
         alongside="broker storm",
     ),
