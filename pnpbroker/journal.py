@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from pnpbroker.checkpoints import PAGE_SIZE, Checkpoints
 from pnpbroker.journalfile import mark_closed, open_file
 from pnpbroker.outcome import Outcome
 from pnpbroker.uevent import Uevent, parse, serialize
@@ -86,6 +87,7 @@ class Journal:
         self.max_age = max_age
         self.max_entries = max_entries
         self._db, self.replaced = open_file(path, sync)
+        self.checkpoints = Checkpoints(path)  # its run() is the pipeline's to start
         self.journal_id = self._text("SELECT value FROM meta WHERE key='journal_id'")
         self.last = self._scalar("SELECT seq FROM sqlite_sequence WHERE name='events'")
         # The handled cursor row is saved lazily; each outcome is durable in its own row.
@@ -139,6 +141,7 @@ class Journal:
                 with self._db:
                     self._db.execute("BEGIN")
                     self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+                self.checkpoints.wrote(1 + (through - oldest) // 8)
                 free = self.max_entries - self.count
         return max(0, min(wanted, free))
 
@@ -158,6 +161,7 @@ class Journal:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, NULL, ?)", rows)
+        self.checkpoints.wrote(1 + sum(map(len, blobs)) // PAGE_SIZE)
         tail = self._tail
         tail.extend(_fresh(first + i, item) for i, item in enumerate(items))
         while len(tail) > TAIL_SIZE:
@@ -197,6 +201,7 @@ class Journal:
         sqlite3.Error if it cannot be stored (a full disk): nothing changed then."""
         stored = json.dumps(outcome.to_json() if outcome is not None else {})
         self._db.execute("UPDATE events SET handler=? WHERE seq=?", (stored, sequence))
+        self.checkpoints.wrote(1)
         self.handled = sequence
         self._dirty = True
         tail = self._tail
@@ -255,6 +260,7 @@ class Journal:
                 "UPDATE cursors SET seq=? WHERE name=?",
                 [(self.handled, "handled"), (self.published, "published")],
             )
+        self.checkpoints.wrote(1)
         self._dirty = False
 
     def prune(self) -> int:
@@ -267,6 +273,7 @@ class Journal:
                 "DELETE FROM events WHERE seq <= ? AND (seq <= ? OR received < ?)",
                 (self.published, keep_from, cutoff),
             )
+        self.checkpoints.wrote(1 + cur.rowcount // 8)
         return cur.rowcount
 
     def close(self) -> None:
@@ -275,6 +282,7 @@ class Journal:
             self.flush()
             mark_closed(self._db)
         finally:
+            self.checkpoints.close()
             self._db.close()
             if self._wal is not None:
                 os.close(self._wal)

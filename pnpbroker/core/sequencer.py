@@ -2,7 +2,8 @@
 
 It takes unhandled entries from the journal, awaits the mode (the program runs, the loop keeps
 reading the kernel), stores the outcome durably, and tells the pipeline, which advances its
-sinks (the publish queue first). A loss runs nothing: it is handled as it is. With no mode
+sinks (the publish queue first): at the loop's next turn, once the next program has started, so
+their work overlaps that program's run. A loss runs nothing: it is handled as it is. With no mode
 configured it only moves the handled cursor. While paused it runs nothing (events still queue).
 
 An outcome the journal cannot store (a full disk) is kept and stored again every few seconds
@@ -43,6 +44,7 @@ class Sequencer:
         self._running.set()
         self._stopping = False
         self._full = Trouble(log)
+        self._telling: asyncio.Handle | None = None
 
     @property
     def paused(self) -> bool:
@@ -78,6 +80,14 @@ class Sequencer:
             return Outcome(status=-1, error=f"handler failed: {exc}")
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:  # the last outcome's sinks are told before run() returns
+            if self._telling is not None:
+                self._telling.cancel()
+                self._told()
+
+    async def _run(self) -> None:
         while not self._stopping:
             await self._running.wait()
             if self._stopping:
@@ -102,7 +112,18 @@ class Sequencer:
                     outcome = await self._handle(self.mode, record.event, record.sequence)
                 if not await self._store(record.sequence, outcome):
                     break
-                self.on_handled()
+                self._tell()
+
+    def _tell(self) -> None:
+        """Tell the sinks (publish, fold into the device table) at the loop's next turn: after
+        the next program has started, so that their work is done while it runs instead of
+        between one program's end and the next one's start."""
+        if self._telling is None:
+            self._telling = asyncio.get_running_loop().call_soon(self._told)
+
+    def _told(self) -> None:
+        self._telling = None
+        self.on_handled()
 
     async def _store(self, sequence: int, outcome: Outcome | None) -> bool:
         """Store the outcome, waiting as long as the journal refuses (False: stopped first)."""
