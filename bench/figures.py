@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bench import broker, coldplug, devices, faults, measures, storm
+from bench import broker, coldplug, devices, faults, fleet, measures, storm
 from bench.measures import Config, Values
 
 
@@ -133,6 +133,30 @@ BROKER_REBROADCAST = (
     Figure("rebroadcast.legacy.off", "broker with /bin/true, no --rebroadcast: events/s", "ev/s"),
 )
 
+FLEET = (
+    Figure(
+        "fleet.drain",
+        "pnpbroker forward -> MQTT subscriber: events/s, queued burst",
+        "ev/s",
+        "fleet.bare",
+    ),
+    Figure("fleet.bare", "bare paho publisher, QoS 1, same window and size: msg/s", "ev/s"),
+    Figure(
+        "fleet.steady.p50",
+        "kernel -> fleet subscriber: latency p50, steady",
+        "ms",
+        "broker.steady.p50",
+    ),
+    Figure(
+        "fleet.steady.p99",
+        "kernel -> fleet subscriber: latency p99, steady",
+        "ms",
+        "broker.steady.p99",
+    ),
+    Figure("fleet.payload", "fleet: mean payload of an event message", "B"),
+    Figure("fleet.wire", "fleet: mean PUBLISH on the wire (topic, properties, payload)", "B"),
+)
+
 MEASUREMENTS: tuple[Measurement, ...] = (
     _reader("netlink", "netlink listener (Python)"),
     _reader("udevadm", "udevadm monitor --kernel"),
@@ -247,6 +271,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         ),
         alongside="broker storm",
     ),
+    Measurement("fleet", fleet.fleet, FLEET),
     Measurement(
         "coldplug",
         coldplug.coldplug,

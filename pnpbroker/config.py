@@ -56,6 +56,9 @@ class Config:
     limits: legacy.Limits = ()
     # Netlink re-broadcast of handled events (pnpbroker.rebroadcast, docs/libudev.md).
     rebroadcast: tuple[Target, ...] = ()
+    # The fleet feed for ``pnpbroker forward`` (pnpbroker.core.feed, docs/fleet.md).
+    forward_socket: str = ""
+    forward_group: str = ""
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -14,7 +14,8 @@ The journal holds at most ``max_entries`` entries (``journal_max_events``; 0: no
 oldest published ones make room first; what still does not fit is the reader's to drop.
 
 A third cursor, ``synced``, says how far the journal is on disk (``journal_sync = "full"``):
-nothing past it is shown to clients (see :mod:`pnpbroker.journalfile`).
+nothing past it is shown to clients (see :mod:`pnpbroker.journalfile`). A fourth, ``forwarded``,
+is the fleet forwarder's: its MQTT broker acknowledged everything up to it (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Record:
     sequence: int
     event: Uevent
     outcome: Outcome | None
+    received: float = 0.0  # when the broker read it (seconds since the epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +65,13 @@ class Lost:
 Entry = Record | Lost
 
 
-def entry(sequence: int, raw: bytes, stored: str | None, lost: str | None) -> Entry:
-    """An entry from its row (``seq, uevent, handler, lost``)."""
+def entry(
+    sequence: int, raw: bytes, stored: str | None, lost: str | None, received: float = 0.0
+) -> Entry:
+    """An entry from its row (``seq, uevent, handler, lost``, and ``received`` if selected)."""
     if lost is not None:
         return Lost(lost, sequence)
-    return Record(sequence, parse(raw), _outcome(stored))
+    return Record(sequence, parse(raw), _outcome(stored), received)
 
 
 class Journal:
@@ -96,6 +100,11 @@ class Journal:
             self._scalar("SELECT MAX(seq) FROM events WHERE handler IS NOT NULL"),
         )
         self.published = self._cursor("published")
+        self.forwarded = self._cursor("forwarded")
+        #: Whether a fleet forwarder is configured: then age alone does not prune what it has not
+        #: taken (the count limit and the cap still do: a forwarder far behind gets a reported
+        #: loss).
+        self.holds_for_forwarder = False
         self._wal: int | None = None
         if sync == "full":  # what a crashed run left in the page cache goes to disk first
             self._wal = os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC)
@@ -163,7 +172,7 @@ class Journal:
             self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, NULL, ?)", rows)
         self.checkpoints.wrote(1 + sum(map(len, blobs)) // PAGE_SIZE)
         tail = self._tail
-        tail.extend(_fresh(first + i, item) for i, item in enumerate(items))
+        tail.extend(_fresh(first + i, item, now) for i, item in enumerate(items))
         while len(tail) > TAIL_SIZE:
             tail.popleft()
         self.last += len(rows)
@@ -190,7 +199,8 @@ class Journal:
         if cached is not None:
             return cached
         return self._records(
-            "SELECT seq, uevent, NULL, lost FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, uevent, NULL, lost, received FROM events WHERE seq > ? ORDER BY seq "
+            "LIMIT ?",
             self.handled,
             limit,
         )
@@ -208,7 +218,7 @@ class Journal:
         if tail and 0 <= (index := sequence - tail[0].sequence) < len(tail):
             cached = tail[index]
             if isinstance(cached, Record):
-                tail[index] = Record(sequence, cached.event, outcome)
+                tail[index] = Record(sequence, cached.event, outcome, cached.received)
 
     async def sync(self) -> None:
         """Put every commit so far on disk (an fsync of the WAL, in a thread: the loop goes
@@ -234,7 +244,7 @@ class Journal:
         if cached is not None:
             return cached
         return self._records(
-            "SELECT seq, uevent, handler, lost FROM events WHERE seq > ? AND seq <= ? "
+            "SELECT seq, uevent, handler, lost, received FROM events WHERE seq > ? AND seq <= ? "
             "ORDER BY seq LIMIT ?",
             after,
             through,
@@ -246,9 +256,25 @@ class Journal:
         if through > self.published:
             self.published = through
             self._dirty = True
-        tail = self._tail
-        while tail and tail[0].sequence <= through:
+        self._trim_tail()
+
+    def mark_forwarded(self, through: int) -> None:
+        """The fleet forwarder's MQTT broker acknowledged everything up to ``through`` (saved by
+        :meth:`flush`)."""
+        if through > self.forwarded:
+            self.forwarded = through
+            self._dirty = True
+        self._trim_tail()
+
+    def _trim_tail(self) -> None:
+        """Drop from memory what every stage is done with."""
+        done, tail = min(self.published, self._forwarder_needs()), self._tail
+        while tail and tail[0].sequence <= done:
             tail.popleft()
+
+    def _forwarder_needs(self) -> int:
+        """The last sequence the forwarder no longer needs (everything, without one)."""
+        return self.forwarded if self.holds_for_forwarder else self.last
 
     def flush(self) -> None:
         """Save the lazily kept cursors; losing them only means doing a little work again."""
@@ -257,21 +283,29 @@ class Journal:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "UPDATE cursors SET seq=? WHERE name=?",
-                [(self.handled, "handled"), (self.published, "published")],
+                "INSERT OR REPLACE INTO cursors VALUES (?, ?)",
+                [
+                    ("handled", self.handled),
+                    ("published", self.published),
+                    ("forwarded", self.forwarded),
+                ],
             )
         self.checkpoints.wrote(1)
         self._dirty = False
 
     def prune(self) -> int:
-        """Apply retention to published events only; return how many rows went."""
+        """Apply retention to published events only; return how many rows went.
+
+        ``max_age`` spares what the forwarder has not taken; ``max_events`` does not (a forwarder
+        far behind then finds its next events gone, and reports the loss)."""
         keep_from = self.published - self.max_events
+        aged_through = min(self.published, self._forwarder_needs())
         cutoff = time.time() - self.max_age
         with self._db:
             self._db.execute("BEGIN")
             cur = self._db.execute(
-                "DELETE FROM events WHERE seq <= ? AND (seq <= ? OR received < ?)",
-                (self.published, keep_from, cutoff),
+                "DELETE FROM events WHERE seq <= ? AND (seq <= ? OR (seq <= ? AND received < ?))",
+                (self.published, keep_from, aged_through, cutoff),
             )
         self.checkpoints.wrote(1 + cur.rowcount // 8)
         return cur.rowcount
@@ -299,10 +333,10 @@ def _row(sequence: int, item: Uevent | Lost, blob: bytes, now: float) -> tuple[o
     return (sequence, item.seqnum, now, blob, None)
 
 
-def _fresh(sequence: int, item: Uevent | Lost) -> Entry:
+def _fresh(sequence: int, item: Uevent | Lost, now: float) -> Entry:
     if isinstance(item, Lost):
         return Lost(item.resync_uuid, sequence)
-    return Record(sequence, item, None)
+    return Record(sequence, item, None, now)
 
 
 def _outcome(stored: str | None) -> Outcome | None:

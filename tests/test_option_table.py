@@ -140,6 +140,16 @@ ROWS: dict[str, list[Form]] = {
         toml_form('rebroadcast = ["libudev", "kernel:4"]', "rebroadcast", (LIBUDEV, KERNEL_4)),
         toml_form("rebroadcast = []", "rebroadcast", ()),
     ],
+    "`forward_socket`": [
+        toml_form(
+            'forward_socket = "/run/pnpt/forward.sock"', "forward_socket", "/run/pnpt/forward.sock"
+        ),
+        toml_form('forward_socket = ""', "forward_socket", ""),
+    ],
+    "`forward_group`": [
+        toml_form('forward_group = "nogroup"', "forward_group", "nogroup"),
+        toml_form('forward_group = ""', "forward_group", ""),
+    ],
     "`-v`, `--verbose`": [
         cli_form("-v", field="log_level", value="debug"),
         cli_form("--verbose", field="log_level", value="debug"),

@@ -25,6 +25,7 @@ FILES = {
     "polkit/org.pnp.Broker.policy": "usr/share/polkit-1/actions/org.pnp.Broker.policy",
     "systemd/pnpbroker.service": "usr/lib/systemd/system/pnpbroker.service",
     "systemd/pnpbroker.socket": "usr/lib/systemd/system/pnpbroker.socket",
+    "systemd/pnpbroker-forward.service": "usr/lib/systemd/system/pnpbroker-forward.service",
 }
 
 
@@ -66,6 +67,8 @@ def test_installed_program_installs_units_that_start_it(venv: Path, tmp_path: Pa
     assert written == set(FILES.values()) | generated  # the pages from the installed parser
     unit = (tmp_path / "root" / FILES["systemd/pnpbroker.service"]).read_text()
     assert f"ExecStart={program} run\n" in unit
+    forward = (tmp_path / "root" / FILES["systemd/pnpbroker-forward.service"]).read_text()
+    assert f"ExecStart={program} forward\n" in forward
     activation = (tmp_path / "root" / FILES["dbus/org.pnp.Broker.service"]).read_text()
     assert f"Exec={program} run\n" in activation
     policy = (tmp_path / "root" / FILES["dbus/org.pnp.Broker.conf"]).read_text()

@@ -15,7 +15,17 @@ from types import ModuleType
 from typing import NoReturn
 
 from pnpbroker import __version__
-from pnpbroker.commands import control, info, install, monitor, run, settle, trigger
+from pnpbroker.commands import (
+    control,
+    fleet_monitor,
+    forward,
+    info,
+    install,
+    monitor,
+    run,
+    settle,
+    trigger,
+)
 from pnpbroker.contract import ExitCode, exit_codes_text
 
 #: Each subcommand's module: ``HELP``, ``add_arguments(parser)``, ``main(args) -> int``.
@@ -27,6 +37,8 @@ COMMANDS: dict[str, ModuleType] = {
     "monitor": monitor,
     "info": info,
     "control": control,
+    "forward": forward,
+    "fleet-monitor": fleet_monitor,
 }
 
 

@@ -18,12 +18,14 @@ import logging
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from pnpbroker.client.model import Filter
 from pnpbroker.client.table import Device
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
+from pnpbroker.core.feed import Feed
 from pnpbroker.core.losses import Losses
 from pnpbroker.core.publisher import Publisher
 from pnpbroker.core.queries import Page, Queries
@@ -58,6 +60,16 @@ COUNTERS = (
 )
 #: Present once re-broadcast is on: datagrams sent, and refused by the kernel.
 REBROADCAST_COUNTERS = ("rebroadcast", "rebroadcast_failed")
+#: Keys a reload cannot change.
+RESTART_KEYS = (
+    "state_dir",
+    "receive_buffer",
+    "bus_address",
+    "helper_window",
+    "journal_sync",
+    "forward_socket",
+    "forward_group",
+)
 
 
 class Sink(Protocol):
@@ -82,6 +94,13 @@ class Pipeline:
         self.publisher = Publisher(journal)
         self.devices = DeviceSink(journal, scan)
         self.rebroadcaster = self._rebroadcaster(config)
+        self.feed = (
+            Feed(Path(config.forward_socket), config.forward_group, journal)
+            if (config.forward_socket)
+            else None
+        )
+        if self.feed is not None:
+            self.feed.watch(self.devices.table)
         self.sinks: list[Sink] = self._sinks()
         self.losses = Losses(journal, self.stats, config.receive_buffer)
         self.losses.paused = lambda: self.paused
@@ -160,6 +179,8 @@ class Pipeline:
             handled=self.journal.handled,
             queued=self.journal.last - self.journal.handled,
         )
+        if self.feed is not None:
+            stats["forwarded"] = self.journal.forwarded
         return stats
 
     def _rebroadcaster(self, config: Config) -> Rebroadcaster | None:
@@ -168,9 +189,10 @@ class Pipeline:
         return Rebroadcaster(config.rebroadcast, self.journal, self.stats)
 
     def _sinks(self) -> list[Sink]:
-        """The publish queue first, then the device table, then the re-broadcast if any."""
-        extra = [self.rebroadcaster] if self.rebroadcaster is not None else []
-        return [self.publisher, self.devices, *extra]
+        """The publish queue first, then the device table, the re-broadcast and the fleet feed
+        if any."""
+        extra: list[Sink | None] = [self.rebroadcaster, self.feed]
+        return [self.publisher, self.devices, *(sink for sink in extra if sink is not None)]
 
     # What the stages hand up.
     def _handled(self) -> None:
@@ -214,7 +236,7 @@ class Pipeline:
                 self.rebroadcaster.close()
             self.rebroadcaster = rebroadcaster
             self.sinks = self._sinks()
-        for key in ("state_dir", "receive_buffer", "bus_address", "helper_window", "journal_sync"):
+        for key in RESTART_KEYS:
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changed: takes effect at the next start", key)
         self.runner.timeout, self.runner.grace = config.timeout, config.kill_grace
@@ -242,9 +264,10 @@ class Pipeline:
         """What ``systemctl status`` shows: events handled, the queue, what was published."""
         stats = self.statistics()
         paused = ", paused" if self.paused else ""
+        forwarded = f", forwarded through {stats['forwarded']}" if "forwarded" in stats else ""
         return (
             f"{stats['handled']} events handled, {stats['queued']} queued, "
-            f"{stats['published']} published{paused}"
+            f"{stats['published']} published{forwarded}{paused}"
         )
 
     async def _report_status(self) -> None:
@@ -275,6 +298,8 @@ class Pipeline:
 
         Call :meth:`close` afterwards (after whatever serves the journal has stopped).
         """
+        if self.feed is not None:
+            await self.feed.start()
         backlog = self.journal.last - self.journal.published
         if backlog:
             log.info("resuming: %d journalled events not yet published", backlog)
@@ -316,5 +341,7 @@ class Pipeline:
         self.runner.close()
         if self.rebroadcaster is not None:
             self.rebroadcaster.close()
+        if self.feed is not None:
+            self.feed.close()
         self.journal.close()
         self.source.close()
