@@ -119,6 +119,7 @@ def config(quick: bool) -> Config:
             device_count=2_000,
             device_calls=5,
             burst_events=2_000,
+            coldplug_links=200,
             udevadm=udevadm,
         )
     return Config(udevadm=udevadm)
