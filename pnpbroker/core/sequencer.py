@@ -2,9 +2,10 @@
 
 It takes unhandled entries from the journal, awaits the mode (the program runs, the loop keeps
 reading the kernel), stores the outcome durably, and tells the pipeline, which advances its
-sinks (the publish queue first): at the loop's next turn, once the next program has started, so
-their work overlaps that program's run. A loss runs nothing: it is handled as it is. With no mode
-configured it only moves the handled cursor. While paused it runs nothing (events still queue).
+sinks (the publish queue first): at once when it has caught up, and at most every
+``TELL_SECONDS`` while it works through a backlog (see there). A loss runs nothing: it is
+handled as it is. With no mode configured it only moves the handled cursor. While paused it
+runs nothing (events still queue).
 
 An outcome the journal cannot store (a full disk) is kept and stored again every few seconds
 until it is taken; the program is never run again for it, and nothing after it runs meanwhile
@@ -28,6 +29,11 @@ from pnpbroker.uevent import Uevent
 log = logging.getLogger(__name__)
 
 PAGE = 512
+#: While a backlog is being worked through, the sinks hear of stored outcomes at most this
+#: often (seconds), not after each program: one D-Bus write (and one wake-up of dbus-daemon and
+#: of every subscriber) per batch instead of per event, which left the CPU to the programs.
+#: The last event of a backlog is told at once, so a lone event waits for nothing.
+TELL_SECONDS = 0.02
 #: First wait before storing an outcome again; it doubles up to STORE_RETRY_MAX.
 STORE_RETRY_SECONDS, STORE_RETRY_MAX = 0.5, 5.0
 
@@ -44,7 +50,8 @@ class Sequencer:
         self._running.set()
         self._stopping = False
         self._full = Trouble(log)
-        self._telling: asyncio.Handle | None = None
+        self._untold = False  # outcomes stored that the sinks have not heard of yet
+        self._told_at = 0.0
 
     @property
     def paused(self) -> bool:
@@ -82,10 +89,8 @@ class Sequencer:
     async def run(self) -> None:
         try:
             await self._run()
-        finally:  # the last outcome's sinks are told before run() returns
-            if self._telling is not None:
-                self._telling.cancel()
-                self._told()
+        finally:  # the sinks hear of every stored outcome before run() returns
+            self._tell()
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -101,6 +106,7 @@ class Sequencer:
                 continue
             records = self.journal.unhandled(PAGE)
             if not records:
+                self._tell()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -112,18 +118,20 @@ class Sequencer:
                     outcome = await self._handle(self.mode, record.event, record.sequence)
                 if not await self._store(record.sequence, outcome):
                     break
-                self._tell()
+                self._untold = True
+                if self.journal.handled == self.journal.last or self._tell_due():
+                    self._tell()
+            self._tell()
+
+    def _tell_due(self) -> bool:
+        return asyncio.get_running_loop().time() - self._told_at >= TELL_SECONDS
 
     def _tell(self) -> None:
-        """Tell the sinks (publish, fold into the device table) at the loop's next turn: after
-        the next program has started, so that their work is done while it runs instead of
-        between one program's end and the next one's start."""
-        if self._telling is None:
-            self._telling = asyncio.get_running_loop().call_soon(self._told)
-
-    def _told(self) -> None:
-        self._telling = None
-        self.on_handled()
+        """Tell the sinks (publish, fold into the device table) of what was stored since."""
+        if self._untold:
+            self._untold = False
+            self._told_at = asyncio.get_running_loop().time()
+            self.on_handled()
 
     async def _store(self, sequence: int, outcome: Outcome | None) -> bool:
         """Store the outcome, waiting as long as the journal refuses (False: stopped first)."""
