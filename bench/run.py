@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from bench import broker, report, tools
+from bench import broker, plot, report, tools
 from bench.figures import MEASUREMENTS, Measurement
 from bench.measures import Config
 
@@ -130,7 +130,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--only", action="append", help="run only this measurement (repeatable)")
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="do not write bench/RESULTS.md, bench/results.json and docs/ratios.png",
+    )
+    parser.add_argument(
+        "--accumulate",
+        action="store_true",
+        help="add this run's values to those in bench/results.json instead of replacing them",
+    )
     args = parser.parse_args()
     cfg = config(args.quick)
     tools.pyudev_ready()  # records why in tools.MISSING if it cannot be had
@@ -140,6 +149,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         (Path(__file__).resolve().parent / "RESULTS.md").write_text(text)
+        plot.draw(plot.save(outcome.values, args.accumulate))
 
 
 if __name__ == "__main__":
