@@ -137,6 +137,8 @@ def render(rows: list[list[str]], cfg: Config, args: argparse.Namespace, elapsed
             "# pnpbroker benchmarks",
             "",
             f"Command: `{command.strip()}` (as root), {when}, took {elapsed:.0f} s.",
+            "Figures this command did not measure keep their values from the earlier runs that"
+            " did (`bench/results.json`; `--only` runs update their own rows).",
             "",
             f"- Machine: {machine()}",
             f"- Versions: {versions(cfg)}",

@@ -145,11 +145,13 @@ def main() -> None:
     tools.pyudev_ready()  # records why in tools.MISSING if it cannot be had
     started = time.monotonic()
     outcome = run_all(cfg, args.repeat, set(args.only) if args.only else None)
+    if not args.no_write:  # the table and the plot show every figure's latest values
+        outcome.values = plot.save(outcome.values, args.accumulate)
     text = report.render(rows(outcome), cfg, args, time.monotonic() - started)
     print(text)
     if not args.no_write:
         (Path(__file__).resolve().parent / "RESULTS.md").write_text(text)
-        plot.draw(plot.save(outcome.values, args.accumulate))
+        plot.draw(outcome.values)
 
 
 if __name__ == "__main__":
