@@ -38,6 +38,10 @@ from pnpbroker.uevent import Uevent, parse, serialize
 #: Unpublished records kept in memory so the stages do not read back what was just written
 #: (empty when the broker keeps up; a longer backlog is read back from SQLite).
 TAIL_SIZE = 16384
+#: ... but not those further than this ahead of the ``handled`` cursor: a program per event
+#: takes long enough to read its event back, and a storm's backlog (100,000 events behind a
+#: 5 ms program) would otherwise hold TAIL_SIZE events in memory for minutes (~13 MB).
+TAIL_AHEAD = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +176,12 @@ class Journal:
             self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, NULL, ?)", rows)
         self.checkpoints.wrote(1 + sum(map(len, blobs)) // PAGE_SIZE)
         tail = self._tail
-        tail.extend(_fresh(first + i, item, now) for i, item in enumerate(items))
-        while len(tail) > TAIL_SIZE:
-            tail.popleft()
+        if first + len(items) - 1 - self.handled <= TAIL_AHEAD:
+            if tail and tail[-1].sequence != first - 1:
+                tail.clear()  # what was not kept in between is read back: keep it contiguous
+            tail.extend(_fresh(first + i, item, now) for i, item in enumerate(items))
+            while len(tail) > TAIL_SIZE:
+                tail.popleft()
         self.last += len(rows)
         return self.last
 
