@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from dbus_fast import Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
 from support import skip_or_fail
+from support.broker import BrokerProcess
 from support.bus import POLICY_FILE, POLKIT_BUS_POLICY, SystemBus
 from support.collector import SignalCollector, connect, disconnect
 from support.netns import (
@@ -326,3 +329,19 @@ def test_burst_gives_one_add_per_link_and_group_delete_removes_all(netns: NetNS)
         removed = collect_uevents(sock, is_net_event("remove", names), len(names))
     assert sorted(e["INTERFACE"] for e in added) == sorted(names)
     assert sorted(e["INTERFACE"] for e in removed) == sorted(names)
+
+
+def test_a_broker_process_leaves_no_directory_behind(tmp_path: Path) -> None:
+    """Its log and notify socket live in a /tmp directory: gone at close() (the log still
+    readable), and gone for a broker never closed once it is collected."""
+    closed = BrokerProcess(None, tmp_path / "state")
+    closed.log_path.write_text("what it logged\n")
+    closed.close()
+    assert not closed.log_path.parent.exists()
+    assert closed.log() == "what it logged\n"
+    forgotten = BrokerProcess(None, tmp_path / "state")
+    directory = forgotten.log_path.parent
+    assert directory.is_dir()
+    del forgotten
+    gc.collect()
+    assert not directory.exists()
