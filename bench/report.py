@@ -47,8 +47,8 @@ repeats in the published sequence; peak RSS = VmHWM; drain = first write to last
 N / spawns/s of the same 5 ms program in the Python spawn loop (before and after). It runs
 once (about 20 minutes); the two *idle* measurements (RSS and CPU over {idle:.0f} s, 3 times) run
 alongside it: they count only the idle process's own CPU time and memory. *coldplug*: inside
-a fresh namespace holding {coldplug} ifb links (so /sys has 5,000+ devices) with a broker (no program),
-`pnpbroker trigger --settle` timed as a command (interpreter start included) beside
+a fresh namespace holding {coldplug} ifb links (so /sys has 5,000+ devices) with a broker (no
+program), `pnpbroker trigger --settle` timed as a command (interpreter start included) beside
 `udevadm trigger --dry-run` (enumeration only) and the floor: a `sh` loop writing `add <uuid>`
 into every uevent file, timed from its launch until a minimal netlink listener in the
 namespace has the last event of those writes (the broker SIGSTOPped meanwhile).
