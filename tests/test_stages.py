@@ -436,3 +436,30 @@ def test_the_core_never_imports_the_bus() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+async def test_a_stored_outcome_is_told_while_the_next_program_still_runs(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Event 1 was stored inside the batching interval and event 2's program does not end: the
+    sinks still hear of event 1 (within TELL_SECONDS), not only after event 2."""
+    monkeypatch.setattr(sequencing, "TELL_SECONDS", 0.05)
+    release = asyncio.Event()
+
+    class Slow(FakeMode):
+        async def run(self, event: Uevent, sequence: int) -> Outcome:
+            if sequence == 3:
+                await release.wait()
+            return await super().run(event, sequence)
+
+    handled: list[int] = []
+    sequencer = Sequencer(journal, Slow(), lambda: handled.append(journal.handled))
+    task = asyncio.get_running_loop().create_task(sequencer.run())
+    journal.append([uevent(n) for n in range(1, 4)])
+    sequencer.notify()
+    await until(lambda: bool(handled) and handled[-1] == 2)  # 1 at once, 2 by the timer
+    assert journal.handled == 2
+    release.set()
+    await until(lambda: handled[-1] == 3)
+    sequencer.stop()
+    await task

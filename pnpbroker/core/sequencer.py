@@ -52,6 +52,7 @@ class Sequencer:
         self._full = Trouble(log)
         self._untold = False  # outcomes stored that the sinks have not heard of yet
         self._told_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def paused(self) -> bool:
@@ -121,6 +122,9 @@ class Sequencer:
                 self._untold = True
                 if self.journal.handled == self.journal.last or self._tell_due():
                     self._tell()
+                elif self._timer is None:  # told within TELL_SECONDS, however long the next runs
+                    delay = self._told_at + TELL_SECONDS - asyncio.get_running_loop().time()
+                    self._timer = asyncio.get_running_loop().call_later(delay, self._tell)
             self._tell()
 
     def _tell_due(self) -> bool:
@@ -128,6 +132,9 @@ class Sequencer:
 
     def _tell(self) -> None:
         """Tell the sinks (publish, fold into the device table) of what was stored since."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._untold:
             self._untold = False
             self._told_at = asyncio.get_running_loop().time()
