@@ -269,7 +269,12 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         (
             Figure("coldplug.devices", "devices in /sys (pnpbroker trigger --dry-run)", "n"),
             Figure("coldplug.udevadm", "udevadm trigger --dry-run: devices/s", "dev/s"),
-            Figure("coldplug.shell", "shell loop `echo add >` every uevent file: files/s", "/s"),
+            Figure("coldplug.files", "uevent files the shell loop wrote", "n"),
+            Figure(
+                "coldplug.shell",
+                "shell loop `echo add >` every uevent file, to its last event: files/s",
+                "/s",
+            ),
             Figure(
                 "broker.coldplug",
                 "pnpbroker trigger --settle: devices/s",

@@ -40,6 +40,7 @@ class Config:
     device_count: int = 10_000
     device_calls: int = 20
     burst_events: int = 10_000
+    coldplug_links: int = 4_700
     udevadm: Path | None = None
 
     def peer_env(self) -> dict[str, str]:

@@ -35,24 +35,28 @@ marshalled by dbus-fast and written at once with a plain non-blocking send, EAGA
 writable, no round trips; events/s from the first to the last signal received. Beside it, for
 context, the same emitter in C with sd-bus (`bench/emit_sdbus.c`). *spawn
 limit*: a tight
-`os.posix_spawn`+`os.waitpid` loop of `/bin/true net` with a uevent's environment (8 keys) and
-the broker's spawn attributes (stdin /dev/null, stdout/stderr to a pipe, own process group).
+`os.posix_spawn`+`os.waitpid` loop of `/bin/true net` with a uevent's environment (8 keys),
+spawned by the broker's own function (`pnpbroker.legacy.runner.spawn`: fds 0-2 only, stdin an
+empty pipe, stdout/stderr to a pipe, own process group, signals reset).
 *legacy*: the broker with `-p /bin/true`, SIGSTOPped while {legacy} link adds queue, then
 resumed: events/s until the last signal. *storm*: {storm} `change <uuid>` writes into one ifb
 link's `uevent` file in the broker's namespace (real kernel uevents, as fast as Python writes
 them) while the program (`bench/sleep5ms.c`: C, `nanosleep` 5 ms) runs for each event, serially;
 overflows = the broker's `Statistics["overflows"]`; lost = storm events never signalled + gaps +
 repeats in the published sequence; peak RSS = VmHWM; drain = first write to last signal, beside
-N / spawns/s of the same 5 ms program in the Python spawn loop. It runs once (about 10 minutes);
-the two *idle* measurements (RSS and CPU over {idle:.0f} s, 3 times) run alongside it: they count
-only the idle process's own CPU time and memory. *coldplug*: inside a fresh namespace with a
-broker (no program), `pnpbroker trigger --settle` timed as a command (interpreter start
-included) beside `udevadm trigger --dry-run` (enumeration only) and a `sh` loop writing `add`
-into every uevent file (the floor: no walk order, no uuid, no settle). *rebroadcast*: brokers
-with no program, `--rebroadcast libudev` or not, a fresh one per case: live and queued bursts
-with `udevadm monitor --udev --property` listening (its rate beside the D-Bus subscriber's, same
-run), a queued burst with nobody on netlink; the broker's CPU per event over the drain (schedstat);
-then the legacy path (`-p /bin/true`) with and without.
+N / spawns/s of the same 5 ms program in the Python spawn loop (before and after). It runs
+once (about 20 minutes); the two *idle* measurements (RSS and CPU over {idle:.0f} s, 3 times) run
+alongside it: they count only the idle process's own CPU time and memory. *coldplug*: inside
+a fresh namespace holding {coldplug} ifb links (so /sys has 5,000+ devices) with a broker (no
+program), `pnpbroker trigger --settle` timed as a command (interpreter start included) beside
+`udevadm trigger --dry-run` (enumeration only) and the floor: a `sh` loop writing `add <uuid>`
+into every uevent file, timed from its launch until a minimal netlink listener in the
+namespace has the last event of those writes (the broker SIGSTOPped meanwhile).
+*rebroadcast*: brokers with no program, `--rebroadcast libudev` or not, a fresh one per
+case: live and queued bursts with `udevadm monitor --udev --property` listening (its rate
+beside the D-Bus subscriber's, same run), a queued burst with nobody on netlink; the broker's
+CPU per event over the drain (schedstat); then the legacy path (`-p /bin/true`) with and
+without.
 The machine is shared: other sessions ran their test suites on these 2 cores during the run, so
 spreads are wide; prefer the ratios (value and peer measured in the same run).
 Ratio = value median / peer-or-limit median.
@@ -133,6 +137,8 @@ def render(rows: list[list[str]], cfg: Config, args: argparse.Namespace, elapsed
             "# pnpbroker benchmarks",
             "",
             f"Command: `{command.strip()}` (as root), {when}, took {elapsed:.0f} s.",
+            "Figures this command did not measure keep their values from the earlier runs that"
+            " did (`bench/results.json`; `--only` runs update their own rows).",
             "",
             f"- Machine: {machine()}",
             f"- Versions: {versions(cfg)}",
@@ -146,6 +152,7 @@ def render(rows: list[list[str]], cfg: Config, args: argparse.Namespace, elapsed
                 legacy=cfg.legacy_links,
                 storm=cfg.storm_events,
                 idle=cfg.idle_seconds,
+                coldplug=cfg.coldplug_links,
             ),
         ]
     )

@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from bench import broker, report, tools
+from bench import broker, plot, report, tools
 from bench.figures import MEASUREMENTS
 from bench.measures import Config
 from bench.registry import Measurement
@@ -120,6 +120,7 @@ def config(quick: bool) -> Config:
             device_count=2_000,
             device_calls=5,
             burst_events=2_000,
+            coldplug_links=200,
             udevadm=udevadm,
         )
     return Config(udevadm=udevadm)
@@ -130,16 +131,28 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     parser.add_argument("--only", action="append", help="run only this measurement (repeatable)")
-    parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="do not write bench/RESULTS.md, bench/results.json and docs/ratios.png",
+    )
+    parser.add_argument(
+        "--accumulate",
+        action="store_true",
+        help="add this run's values to those in bench/results.json instead of replacing them",
+    )
     args = parser.parse_args()
     cfg = config(args.quick)
     tools.pyudev_ready()  # records why in tools.MISSING if it cannot be had
     started = time.monotonic()
     outcome = run_all(cfg, args.repeat, set(args.only) if args.only else None)
+    if not args.no_write:  # the table and the plot show every figure's latest values
+        outcome.values = plot.save(outcome.values, args.accumulate)
     text = report.render(rows(outcome), cfg, args, time.monotonic() - started)
     print(text)
     if not args.no_write:
         (Path(__file__).resolve().parent / "RESULTS.md").write_text(text)
+        plot.draw(outcome.values)
 
 
 if __name__ == "__main__":

@@ -2,23 +2,25 @@
 
 The broker's legacy path (one program per event, strictly serial) can go no faster than a tight
 ``os.posix_spawn`` + ``os.waitpid`` loop of the same program with the same environment and the
-same spawn attributes as ``pnpbroker.legacy.runner.ProgramRunner`` uses: argv ``[PROGRAM, "net"]``,
-the event's keys plus the kernel's HOME and PATH, stdin from /dev/null, stdout and stderr into a
-pipe, its own process group, SIGPIPE/SIGXFSZ at their defaults, an empty signal mask. The same
-loop in C gives context: what Python's own overhead costs. The storm's program is
-``sleep5ms.c`` (a C ``nanosleep`` of 5 ms: nothing else runs, so "5 ms each" is what it costs).
+same spawn attributes, by the same function (``pnpbroker.legacy.runner.spawn``), as the broker's
+``ProgramRunner``: argv ``[PROGRAM, "net"]``, the event's keys plus the kernel's HOME and PATH,
+only fds 0-2 (every other descriptor marked close-on-exec first), stdin an empty pipe, stdout
+and stderr into a pipe, its own process group, SIGPIPE/SIGXFSZ at their defaults, an empty
+signal mask. The same loop in C gives context: what Python's own overhead costs. The storm's
+program is ``sleep5ms.c`` (a C ``nanosleep`` of 5 ms: nothing else runs, so "5 ms each" is what
+it costs).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from bench.tools import compile_c
-from pnpbroker.legacy.runner import KERNEL_ENV
+from pnpbroker.legacy import runner
+from pnpbroker.legacy.runner import KERNEL_ENV, empty_input
 
 PROGRAM = "/bin/true"
 HERE = Path(__file__).resolve().parent
@@ -38,32 +40,20 @@ def uevent_env(seqnum: int) -> dict[str, str]:
 
 
 def python_loop(count: int, program: str = PROGRAM) -> float:
-    """Spawns/s of the Python loop (a fresh environment dict per spawn, as per event)."""
+    """Spawns/s of the Python loop: the broker's own spawn (``runner.spawn``: fds 0-2 only,
+    stdin an empty pipe, stdout and stderr into a pipe, own process group, signals reset) and a
+    fresh environment dict per spawn, as per event; then ``os.waitpid``."""
+    stdin = empty_input()
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, write_fd, 1),
-        (os.POSIX_SPAWN_DUP2, write_fd, 2),
-    ]
-    reset = (signal.SIGPIPE, signal.SIGXFSZ)
     argv = [program, "net"]
     try:
         start = time.monotonic()
         for i in range(count):
-            pid = os.posix_spawn(
-                program,
-                argv,
-                uevent_env(i),
-                file_actions=actions,
-                setpgroup=0,
-                setsigdef=reset,
-                setsigmask=(),
-            )
-            os.waitpid(pid, 0)
+            os.waitpid(runner.spawn(argv, uevent_env(i), stdin, write_fd, write_fd), 0)
         return count / (time.monotonic() - start)
     finally:
-        os.close(read_fd)
-        os.close(write_fd)
+        for fd in (stdin, read_fd, write_fd):
+            os.close(fd)
 
 
 def c_loop(count: int, program: str = PROGRAM) -> float | None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
+from pnpbroker.checkpoints import PAGE_SIZE, Checkpoints
 from pnpbroker.journalfile import mark_closed, open_file
 from pnpbroker.outcome import Outcome
 from pnpbroker.uevent import Uevent, parse, serialize
@@ -37,6 +38,10 @@ from pnpbroker.uevent import Uevent, parse, serialize
 #: Unpublished records kept in memory so the stages do not read back what was just written
 #: (empty when the broker keeps up; a longer backlog is read back from SQLite).
 TAIL_SIZE = 16384
+#: ... but not those further than this ahead of the ``handled`` cursor: a program per event
+#: takes long enough to read its event back, and a storm's backlog (100,000 events behind a
+#: 5 ms program) would otherwise hold TAIL_SIZE events in memory for minutes (~13 MB).
+TAIL_AHEAD = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,7 @@ class Journal:
         self.max_age = max_age
         self.max_entries = max_entries
         self._db, self.replaced = open_file(path, sync)
+        self.checkpoints = Checkpoints(path)  # its run() is the pipeline's to start
         self.journal_id = self._text("SELECT value FROM meta WHERE key='journal_id'")
         self.last = self._scalar("SELECT seq FROM sqlite_sequence WHERE name='events'")
         # The handled cursor row is saved lazily; each outcome is durable in its own row.
@@ -148,6 +154,7 @@ class Journal:
                 with self._db:
                     self._db.execute("BEGIN")
                     self._db.execute("DELETE FROM events WHERE seq <= ?", (through,))
+                self.checkpoints.wrote(1 + (through - oldest) // 8)
                 free = self.max_entries - self.count
         return max(0, min(wanted, free))
 
@@ -167,10 +174,14 @@ class Journal:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, NULL, ?)", rows)
+        self.checkpoints.wrote(1 + sum(map(len, blobs)) // PAGE_SIZE)
         tail = self._tail
-        tail.extend(_fresh(first + i, item, now) for i, item in enumerate(items))
-        while len(tail) > TAIL_SIZE:
-            tail.popleft()
+        if first + len(items) - 1 - self.handled <= TAIL_AHEAD:
+            if tail and tail[-1].sequence != first - 1:
+                tail.clear()  # what was not kept in between is read back: keep it contiguous
+            tail.extend(_fresh(first + i, item, now) for i, item in enumerate(items))
+            while len(tail) > TAIL_SIZE:
+                tail.popleft()
         self.last += len(rows)
         return self.last
 
@@ -207,6 +218,7 @@ class Journal:
         sqlite3.Error if it cannot be stored (a full disk): nothing changed then."""
         stored = json.dumps(outcome.to_json() if outcome is not None else {})
         self._db.execute("UPDATE events SET handler=? WHERE seq=?", (stored, sequence))
+        self.checkpoints.wrote(1)
         self.handled = sequence
         self._dirty = True
         tail = self._tail
@@ -291,6 +303,7 @@ class Journal:
                     ("forwarded", self.forwarded),
                 ],
             )
+        self.checkpoints.wrote(1)
         self._dirty = False
 
     def prune(self) -> int:
@@ -307,6 +320,7 @@ class Journal:
                 "DELETE FROM events WHERE seq <= ? AND (seq <= ? OR (seq <= ? AND received < ?))",
                 (self.published, keep_from, aged_through, cutoff),
             )
+        self.checkpoints.wrote(1 + cur.rowcount // 8)
         return cur.rowcount
 
     def close(self) -> None:
@@ -315,6 +329,7 @@ class Journal:
             self.flush()
             mark_closed(self._db)
         finally:
+            self.checkpoints.close()
             self._db.close()
             if self._wal is not None:
                 os.close(self._wal)

@@ -113,6 +113,7 @@ def _prepare(db: sqlite3.Connection, path: Path, sync: str) -> None:
     try:
         version = _version(db, path)
         db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA wal_autocheckpoint=0")  # off the loop: pnpbroker.checkpoints
         if version is None:
             _script(db, _SCHEMA)
         elif version == 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from types import MappingProxyType
 
 from pnpbroker.errors import MalformedUevent
@@ -65,8 +66,8 @@ Duplicates = tuple[tuple[str, str], ...]
 
 
 def _properties(fields: list[str], data: bytes) -> tuple[dict[str, str], Duplicates]:
-    try:
-        props = dict(item.split("=", 1) for item in fields)
+    try:  # keys interned: thousands of events kept in memory share one copy of each name
+        props = {intern(key): value for key, value in (item.split("=", 1) for item in fields)}
     except ValueError:
         bad = next(item for item in fields if "=" not in item)
         raise MalformedUevent(f"field is not KEY=VALUE: {bad[:64]!r}", data) from None
@@ -114,6 +115,7 @@ def _checked(
         raise MalformedUevent("empty or inconsistent ACTION/DEVPATH/SUBSYSTEM", data)
     if not (seqnum.isascii() and seqnum.isdigit()):
         raise MalformedUevent(f"SEQNUM is not a number: {seqnum[:32]!r}", data)
+    action, devpath = props["ACTION"], props["DEVPATH"]  # one copy each (the header's goes)
     return Uevent(action, devpath, subsystem, int(seqnum), MappingProxyType(props), duplicates)
 
 

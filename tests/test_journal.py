@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from support.fakes import records
 
+from pnpbroker import journal as journal_module
 from pnpbroker import journalfile
 from pnpbroker.journal import Journal, Lost
 from pnpbroker.journalfile import JournalUnusable
@@ -259,4 +260,28 @@ def test_the_cap_makes_room_from_published_entries_only(tmp_path: Path) -> None:
     _handle_and_publish(journal)
     assert journal.room(5) == 5
     assert (journal.count, journal.oldest) == (5, 4)
+    journal.close()
+
+
+def test_a_deep_backlog_is_read_back_in_order_not_held_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind a slow program, entries far ahead of ``handled`` are not kept in memory (a storm
+    would hold thousands for minutes); they are read back from the file, the same and in order,
+    and entries journalled once the backlog is short are kept again."""
+    monkeypatch.setattr(journal_module, "TAIL_AHEAD", 10)
+    journal = Journal(tmp_path / "j.sqlite")
+    for first in range(1, 41, 5):
+        journal.append(_events(first, 5))
+    assert [e.sequence for e in journal._tail] == list(range(1, 11))
+    for sequence in range(1, 36):
+        [record] = records(journal.unhandled(1))
+        assert record.sequence == sequence
+        assert record.event.seqnum == sequence
+        journal.record_outcome(sequence, Outcome("/bin/true", 0))
+    journal.append(_events(41, 5))  # 6 ahead of handled: kept again, from 41 on
+    assert [e.sequence for e in journal._tail] == list(range(41, 46))  # contiguous again
+    assert [r.sequence for r in records(journal.unhandled(100))] == list(range(36, 46))
+    outcomes = [r.outcome for r in records(journal.between(0, 35, 100))]
+    assert outcomes == [Outcome("/bin/true", 0)] * 35
     journal.close()

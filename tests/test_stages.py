@@ -24,6 +24,7 @@ from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
 from pnpbroker.core import publisher as publisher_module
 from pnpbroker.core import reader as reading
+from pnpbroker.core import sequencer as sequencing
 from pnpbroker.core.pipeline import Pipeline
 from pnpbroker.core.publisher import CHUNK, MAX_BARRIERS, Publisher
 from pnpbroker.core.reader import Reader
@@ -195,6 +196,24 @@ async def running(journal: Journal) -> AsyncIterator[tuple[Sequencer, FakeMode, 
     await task
 
 
+@pytest.mark.parametrize(("interval", "told"), [(0.0, [1, 2, 3, 4, 5]), (3600.0, [1, 5])])
+async def test_sequencer_tells_the_sinks_of_a_backlog_in_batches(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch, interval: float, told: list[int]
+) -> None:
+    """With a backlog the sinks hear at most every TELL_SECONDS (a D-Bus write per batch), but
+    at once of the first event after a quiet time and of the last one of the backlog."""
+    monkeypatch.setattr(sequencing, "TELL_SECONDS", interval)
+    handled: list[int] = []
+    sequencer = Sequencer(journal, FakeMode(), lambda: handled.append(journal.handled))
+    task = asyncio.get_running_loop().create_task(sequencer.run())
+    journal.append([uevent(n) for n in range(1, 6)])
+    sequencer.notify()
+    await until(lambda: journal.handled == 5 and bool(handled) and handled[-1] == 5)
+    sequencer.stop()
+    await task
+    assert handled == told
+
+
 async def test_sequencer_runs_each_event_once_in_order_and_stores_the_outcome(
     journal: Journal, running: tuple[Sequencer, FakeMode, list[int]]
 ) -> None:
@@ -204,7 +223,9 @@ async def test_sequencer_runs_each_event_once_in_order_and_stores_the_outcome(
     await until(lambda: journal.handled == 5)
     assert mode.seen == [1, 2, 3, 4, 5]
     assert not mode.overlapped
-    assert handled == [1, 2, 3, 4, 5]  # told after each, with the outcome already stored
+    assert handled[0] == 1  # the first at once; then in batches; the last when caught up
+    assert handled[-1] == 5
+    assert handled == sorted(set(handled))
     outcomes = {r.sequence: r.outcome for r in records(journal.between(0, 5, 10))}
     assert outcomes[2] == Outcome("fake", 2, 0, False, 0.001)
     failed = outcomes[3]  # the mode raised: reported as the event's outcome, the stage goes on
@@ -517,3 +538,30 @@ def test_the_core_never_imports_the_bus() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == ""
+
+
+async def test_a_stored_outcome_is_told_while_the_next_program_still_runs(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Event 1 was stored inside the batching interval and event 2's program does not end: the
+    sinks still hear of event 1 (within TELL_SECONDS), not only after event 2."""
+    monkeypatch.setattr(sequencing, "TELL_SECONDS", 0.05)
+    release = asyncio.Event()
+
+    class Slow(FakeMode):
+        async def run(self, event: Uevent, sequence: int) -> Outcome:
+            if sequence == 3:
+                await release.wait()
+            return await super().run(event, sequence)
+
+    handled: list[int] = []
+    sequencer = Sequencer(journal, Slow(), lambda: handled.append(journal.handled))
+    task = asyncio.get_running_loop().create_task(sequencer.run())
+    journal.append([uevent(n) for n in range(1, 4)])
+    sequencer.notify()
+    await until(lambda: bool(handled) and handled[-1] == 2)  # 1 at once, 2 by the timer
+    assert journal.handled == 2
+    release.set()
+    await until(lambda: handled[-1] == 3)
+    sequencer.stop()
+    await task

@@ -19,6 +19,7 @@ from support.fakes import FakeLink, FakeSource, datagram, until
 
 from pnpbroker.bus import server as bus_server
 from pnpbroker.bus.link import BusLink
+from pnpbroker.checkpoints import PAGES
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
 from pnpbroker.core import pipeline as core
@@ -67,6 +68,45 @@ async def test_housekeeping_survives_a_full_disk(
     assert await run == ExitCode.OK
     pipeline.close()
     assert "database or disk is full" in caplog.text
+
+
+async def test_a_checkpoint_that_breaks_stops_the_broker_with_111(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("a bug in checkpoints")
+
+    checkpoints = pipeline.journal.checkpoints
+    monkeypatch.setattr(checkpoints, "_checkpoint", broken)
+    checkpoints.wrote(PAGES)
+    code = await asyncio.wait_for(pipeline.run(), 30)
+    pipeline.close()
+    assert code == ExitCode.SYSTEM
+    assert "checkpoints stopped unexpectedly" in caplog.text
+    assert "a bug in checkpoints" in caplog.text
+
+
+async def test_checkpoints_survive_a_full_disk(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(The real full disk: tests/test_checkpoints.py.)"""
+    failures = []
+
+    def full() -> None:
+        failures.append(1)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    checkpoints = pipeline.journal.checkpoints
+    monkeypatch.setattr(checkpoints, "_checkpoint", full)
+    run = asyncio.get_running_loop().create_task(pipeline.run())
+    for attempts in (1, 2):
+        checkpoints.wrote(PAGES)
+        await until(lambda: len(failures) >= attempts)  # noqa: B023 - awaited at once
+    assert not run.done()
+    pipeline.stop()
+    assert await run == ExitCode.OK
+    pipeline.close()
+    assert "journal checkpoint failed" in caplog.text
 
 
 async def test_an_outcome_that_cannot_be_stored_is_kept_and_stored_later(

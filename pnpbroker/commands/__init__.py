@@ -9,13 +9,23 @@ configuration here). Subcommand modules import what they run inside their ``main
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
 
-from pnpbroker import __version__
-from pnpbroker.commands import (
+#: Subcommands that never speak TLS: run as ``pnpbroker CMD`` (or ``python -m pnpbroker CMD``),
+#: they go without ``ssl``, which asyncio imports for its own sake: libssl and its state are
+#: 4.7 MB of an idle broker's resident memory. (Only ``forward`` and ``fleet-monitor`` need it.)
+WITHOUT_TLS = ("run", "trigger", "settle")
+if os.path.basename(sys.argv[0]) in ("pnpbroker", "__main__.py") and sys.argv[1:2] in [
+    [name] for name in WITHOUT_TLS
+]:
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+from pnpbroker import __version__  # noqa: E402
+from pnpbroker.commands import (  # noqa: E402
     control,
     fleet_monitor,
     forward,
@@ -26,7 +36,7 @@ from pnpbroker.commands import (
     settle,
     trigger,
 )
-from pnpbroker.contract import ExitCode, exit_codes_text
+from pnpbroker.contract import ExitCode, exit_codes_text  # noqa: E402
 
 #: Each subcommand's module: ``HELP``, ``add_arguments(parser)``, ``main(args) -> int``.
 COMMANDS: dict[str, ModuleType] = {

@@ -358,6 +358,7 @@ class Pipeline:
             start(self.publisher.run(), "publisher"),
         ]
         helpers = [
+            start(self.journal.checkpoints.run(), "checkpoints"),
             start(self._housekeeping(), "housekeeping"),
             start(self._report_status(), "status"),
         ]

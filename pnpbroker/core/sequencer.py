@@ -2,8 +2,10 @@
 
 It takes unhandled entries from the journal, awaits the mode (the program runs, the loop keeps
 reading the kernel), stores the outcome durably, and tells the pipeline, which advances its
-sinks (the publish queue first). A loss runs nothing: it is handled as it is. With no mode
-configured it only moves the handled cursor. While paused it runs nothing (events still queue).
+sinks (the publish queue first): at once when it has caught up, and at most every
+``TELL_SECONDS`` while it works through a backlog (see there). A loss runs nothing: it is
+handled as it is. With no mode configured it only moves the handled cursor. While paused it
+runs nothing (events still queue).
 
 An outcome the journal cannot store (a full disk) is kept and stored again every few seconds
 until it is taken; the program is never run again for it, and nothing after it runs meanwhile
@@ -27,6 +29,11 @@ from pnpbroker.uevent import Uevent
 log = logging.getLogger(__name__)
 
 PAGE = 512
+#: While a backlog is being worked through, the sinks hear of stored outcomes at most this
+#: often (seconds), not after each program: one D-Bus write (and one wake-up of dbus-daemon and
+#: of every subscriber) per batch instead of per event, which left the CPU to the programs.
+#: The last event of a backlog is told at once, so a lone event waits for nothing.
+TELL_SECONDS = 0.02
 #: First wait before storing an outcome again; it doubles up to STORE_RETRY_MAX.
 STORE_RETRY_SECONDS, STORE_RETRY_MAX = 0.5, 5.0
 
@@ -43,6 +50,9 @@ class Sequencer:
         self._running.set()
         self._stopping = False
         self._full = Trouble(log)
+        self._untold = False  # outcomes stored that the sinks have not heard of yet
+        self._told_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def paused(self) -> bool:
@@ -87,6 +97,12 @@ class Sequencer:
             return Outcome(status=-1, error=f"handler failed: {exc}")
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:  # the sinks hear of every stored outcome before run() returns
+            self._tell()
+
+    async def _run(self) -> None:
         while not self._stopping:
             await self._running.wait()
             if self._stopping:
@@ -98,6 +114,7 @@ class Sequencer:
                 continue
             records = self.journal.unhandled(PAGE)
             if not records:
+                self._tell()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -109,7 +126,26 @@ class Sequencer:
                     outcome = await self._handle(self.mode, record.event, record.sequence)
                 if not await self._store(record.sequence, outcome):
                     break
-                self.on_handled()
+                self._untold = True
+                if self.journal.handled == self.journal.last or self._tell_due():
+                    self._tell()
+                elif self._timer is None:  # told within TELL_SECONDS, however long the next runs
+                    delay = self._told_at + TELL_SECONDS - asyncio.get_running_loop().time()
+                    self._timer = asyncio.get_running_loop().call_later(delay, self._tell)
+            self._tell()
+
+    def _tell_due(self) -> bool:
+        return asyncio.get_running_loop().time() - self._told_at >= TELL_SECONDS
+
+    def _tell(self) -> None:
+        """Tell the sinks (publish, fold into the device table) of what was stored since."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._untold:
+            self._untold = False
+            self._told_at = asyncio.get_running_loop().time()
+            self.on_handled()
 
     async def _store(self, sequence: int, outcome: Outcome | None) -> bool:
         """Store the outcome, waiting as long as the journal refuses (False: stopped first)."""

@@ -11,15 +11,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import ssl
 import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pnpbroker.errors import ConfigError
+
+if TYPE_CHECKING:
+    import ssl
 
 DEFAULT_PATH = Path("/etc/pnpbroker/forward.toml")
 DEFAULT_FEED = Path("/run/pnpbroker/forward.sock")
@@ -152,6 +154,8 @@ def tls_context(cfg: FleetConfig) -> ssl.SSLContext | None:
     CAs) and its name against ``broker``; our certificate from ``cert`` and ``key``."""
     if not cfg.tls:
         return None
+    import ssl  # here: the broker's own process goes without it (pnpbroker.commands)
+
     try:
         context = ssl.create_default_context(cafile=cfg.ca or None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
