@@ -123,10 +123,12 @@ class KernelListener:
         return made[0]
 
     def _read(self) -> None:
-        while not self._stop:
+        while True:
             try:
                 data = self.sock.recv(1 << 16)
             except TimeoutError:
+                if self._stop:  # only once what is queued has been read
+                    return
                 continue
             except OSError as exc:  # ENOBUFS would make the ground truth wrong: say so
                 self.events.append({"ERROR": str(exc)})
