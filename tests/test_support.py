@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from dbus_fast import Message, MessageType, RequestNameReply
@@ -13,6 +14,7 @@ from dbus_fast.aio import MessageBus
 from support import skip_or_fail
 from support.bus import POLICY_FILE, POLKIT_BUS_POLICY, SystemBus
 from support.collector import SignalCollector, connect, disconnect
+from support.docsteps import Step, documented_steps
 from support.netns import (
     NetNS,
     Uevent,
@@ -326,3 +328,19 @@ def test_burst_gives_one_add_per_link_and_group_delete_removes_all(netns: NetNS)
         removed = collect_uevents(sock, is_net_event("remove", names), len(names))
     assert sorted(e["INTERFACE"] for e in added) == sorted(names)
     assert sorted(e["INTERFACE"] for e in removed) == sorted(names)
+
+
+def test_documented_steps_are_a_sections_scripts_and_named_files(tmp_path: Path) -> None:
+    doc = tmp_path / "page.md"
+    doc.write_text(
+        "# Page\n\n## Set up\n\n```toml\n# /etc/a.toml\nk = 1\n```\n\n"
+        "```\n# not a path\n```\n\n### Deeper\n\n```sh\necho one\n# ## not a heading\n```\n\n"
+        "```json\n{}\n```\n\n## Next\n\n```sh\necho two\n```\n"
+    )
+    assert documented_steps(doc, "Set up") == [
+        Step("# /etc/a.toml\nk = 1\n", "/etc/a.toml"),
+        Step("echo one\n# ## not a heading\n"),
+    ]
+    assert documented_steps(doc, "Deeper") == [Step("echo one\n# ## not a heading\n")]
+    with pytest.raises(AssertionError, match="no section"):
+        documented_steps(doc, "Missing")
