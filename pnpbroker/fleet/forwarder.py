@@ -39,6 +39,8 @@ HANG_UP_SECONDS = 2.0
 #: Room kept in the MQTT broker's receive window for the status message.
 RESERVED = 1
 READ_SIZE = 1 << 16
+#: The status line for ``systemctl status`` (STATUS=), when it changed, at most this often.
+STATUS_SECONDS = 1.0
 
 
 @dataclass(eq=False)
@@ -81,6 +83,7 @@ class Forwarder:
         tasks = [
             asyncio.create_task(self.mqtt.run(), name="mqtt"),
             asyncio.create_task(self._follow_feed(), name="feed"),
+            asyncio.create_task(self._report_status(), name="status"),
         ]
         for task in tasks:
             task.add_done_callback(self._task_ended)
@@ -88,13 +91,32 @@ class Forwarder:
         await self._stop.wait()
         await self._drain()
         await self._hang_up()
-        tasks[1].cancel()
+        for task in tasks[1:]:
+            task.cancel()
         await self.mqtt.close()
         await asyncio.gather(*tasks, return_exceptions=True)
         return self.exit_code
 
+    def status_line(self) -> str:
+        """What ``systemctl status`` shows: how far the MQTT broker acknowledged, what is in
+        flight, and whether the MQTT broker and the daemon's feed are there."""
+        mqtt = "connected" if self.mqtt.connected.is_set() else "away"
+        feed = "connected" if self._feed is not None else "waiting"
+        return (
+            f"forwarded through {self.acked}, {len(self.pending)} in flight; "
+            f"MQTT broker {mqtt}, feed {feed}"
+        )
+
+    async def _report_status(self) -> None:
+        last = ""
+        while True:
+            if (line := self.status_line()) != last:
+                sd_notify(f"STATUS={line}")
+                last = line
+            await asyncio.sleep(STATUS_SECONDS)
+
     def _task_ended(self, task: asyncio.Task[None]) -> None:
-        """Neither task ends on its own: if one does, stop with 111 for a restart."""
+        """No task ends on its own: if one does, stop with 111 for a restart."""
         if task.cancelled() or self._stop.is_set():
             return
         log.error("%s stopped unexpectedly: %r; stopping", task.get_name(), task.exception())

@@ -88,7 +88,15 @@ def test_link_events_reach_the_subscriber_in_order(pip_fleet: Fleet) -> None:
     links(pip_fleet.booted, sorted(names), "del")
     pip_fleet.monitor.wait("the links' add events", links_arrived(names, "add"))
     pip_fleet.monitor.wait("the links' remove events", links_arrived(names, "remove"))
-    assert_whole(pip_fleet.monitor)
+    last = assert_whole(pip_fleet.monitor)[-1]
+
+    def status() -> re.Match[str] | None:  # systemctl status's "Status:" line
+        text = unit_property(pip_fleet.booted, FORWARD, "StatusText")
+        found = re.fullmatch(r"forwarded through (\d+), \d+ in flight; (.*)", text)
+        return found if found and int(found[1]) >= last else None
+
+    found = wait_for("the status line to follow", status)
+    assert found[2] == "MQTT broker connected, feed connected"
 
 
 def test_restarts_mid_burst_lose_nothing(pip_fleet: Fleet, record_property: object) -> None:
