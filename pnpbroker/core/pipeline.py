@@ -36,7 +36,7 @@ from pnpbroker.core.table import DeviceSink
 from pnpbroker.errors import RebroadcastError
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import ProgramRunner, make_mode
-from pnpbroker.notify import sd_notify
+from pnpbroker.notify import report_status, sd_notify
 from pnpbroker.rebroadcast import Rebroadcaster
 from pnpbroker.resync import trigger_in_thread
 from pnpbroker.sources import Source
@@ -46,8 +46,6 @@ from pnpbroker.trouble import Trouble
 log = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 5.0
-#: How often the service manager's status line (``systemctl status``) is brought up to date.
-STATUS_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
 COUNTERS = (
@@ -270,15 +268,6 @@ class Pipeline:
             f"{stats['published']} published{forwarded}{paused}"
         )
 
-    async def _report_status(self) -> None:
-        """Send STATUS= to the service manager when it changed, at most once a second."""
-        last = ""
-        while True:
-            if (line := self.status_line()) != last:
-                sd_notify(f"STATUS={line}")
-                last = line
-            await asyncio.sleep(STATUS_SECONDS)
-
     async def _housekeeping(self) -> None:
         """Save the cursors and apply retention; a journal that cannot be written is retried."""
         while True:
@@ -312,7 +301,7 @@ class Pipeline:
         ]
         helpers = [
             start(self._housekeeping(), "housekeeping"),
-            start(self._report_status(), "status"),
+            start(report_status(self.status_line), "status"),
         ]
         await self._stop.wait()
         await self._drain(*stages)

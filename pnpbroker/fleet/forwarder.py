@@ -26,7 +26,7 @@ from pnpbroker.contract import ExitCode
 from pnpbroker.fleet import frames
 from pnpbroker.fleet.config import FleetConfig
 from pnpbroker.fleet.mqtt import Session
-from pnpbroker.notify import sd_notify
+from pnpbroker.notify import report_status, sd_notify
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ HANG_UP_SECONDS = 2.0
 #: Room kept in the MQTT broker's receive window for the status message.
 RESERVED = 1
 READ_SIZE = 1 << 16
-#: The status line for ``systemctl status`` (STATUS=), when it changed, at most this often.
-STATUS_SECONDS = 1.0
 
 
 @dataclass(eq=False)
@@ -83,7 +81,7 @@ class Forwarder:
         tasks = [
             asyncio.create_task(self.mqtt.run(), name="mqtt"),
             asyncio.create_task(self._follow_feed(), name="feed"),
-            asyncio.create_task(self._report_status(), name="status"),
+            asyncio.create_task(report_status(self.status_line), name="status"),
         ]
         for task in tasks:
             task.add_done_callback(self._task_ended)
@@ -106,14 +104,6 @@ class Forwarder:
             f"forwarded through {self.acked}, {len(self.pending)} in flight; "
             f"MQTT broker {mqtt}, feed {feed}"
         )
-
-    async def _report_status(self) -> None:
-        last = ""
-        while True:
-            if (line := self.status_line()) != last:
-                sd_notify(f"STATUS={line}")
-                last = line
-            await asyncio.sleep(STATUS_SECONDS)
 
     def _task_ended(self, task: asyncio.Task[None]) -> None:
         """No task ends on its own: if one does, stop with 111 for a restart."""
