@@ -359,9 +359,11 @@ def print_events_until(
     try:
         got = read_json_lines(proc, lambda r: until in interfaces_added(r))
         proc.send_signal(signal.SIGINT)  # asyncio turns it into cancellation at an await:
-        assert proc.wait(TIMEOUT) == 0  # the line printed and its position saved go together
-        assert proc.stdout is not None
-        got += [json.loads(line) for line in proc.stdout.read().splitlines()]
+        # Read on while it stops: with the pipe full (host events leak in) its print blocks,
+        # and it would never reach that await.
+        rest, _ = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0  # the line printed and its position saved go together
+        got += [json.loads(line) for line in rest.splitlines()]
     finally:
         stop(proc)
     journal_id, _, sequence = state.read_text().strip().rpartition(":")

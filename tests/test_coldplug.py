@@ -24,6 +24,7 @@ from pnpbroker.coldplug import Device, InvalidTrigger, trigger, walk
 from pnpbroker.commands.trigger import add_arguments as add_trigger_arguments
 from pnpbroker.commands.trigger import main as run_trigger
 from pnpbroker.errors import BrokerError
+from pnpbroker.resync import Pace, trigger_in_thread
 
 # ---------------------------------------------------------------------------------------------
 # A fake sysfs: directories, uevent files and the same relative symlinks the kernel makes.
@@ -88,6 +89,22 @@ def test_trigger_writes_action_and_uuid_in_order(fake_sysfs: Path) -> None:
     for device in result.devices:
         assert (device.syspath / "uevent").read_bytes() == f"change {result.uuid}".encode()
     assert (fake_sysfs / "devices/pci0000:00/0000:00:01.1/uevent").read_text() == ""
+
+
+async def test_a_paced_trigger_waits_for_the_reader_after_every_so_many_writes(
+    fake_sysfs: Path,
+) -> None:
+    """The resync's pace: after each ``every`` writes the walk waits, on the loop, until the
+    reader has caught up; it writes nothing more meanwhile."""
+    written_at_each_wait: list[int] = []
+
+    async def caught_up() -> None:
+        written = [d for d in walk(fake_sysfs) if (d.syspath / "uevent").read_text()]
+        written_at_each_wait.append(len(written))
+
+    result = await trigger_in_thread((), "add", sysfs=fake_sysfs, pace=Pace(2, caught_up))
+    assert result.written == len(FAKE_ORDER) == 7
+    assert written_at_each_wait == [2, 4, 6]
 
 
 def test_trigger_collects_refused_writes_and_goes_on(fake_sysfs: Path, tmp_path: Path) -> None:

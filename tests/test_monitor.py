@@ -78,9 +78,25 @@ class Monitor:
 
     def stop(self, sig: int = signal.SIGINT) -> int:
         self.proc.send_signal(sig)
+        self._read_to_the_end()  # a monitor blocked on a full pipe would never see the signal
         code = self.proc.wait(TIMEOUT)
         self.close()
         return code
+
+    def _read_to_the_end(self) -> None:
+        """Its output until it closes it (EOF, or EIO from a pty); TimeoutError on a hang."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise TimeoutError(f"monitor did not stop; stderr: {self.stderr()}")
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # EIO: the pty's other side is closed
+                return
+            if not chunk:
+                return
+            self._buffer += chunk
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -59,6 +59,9 @@ def broker(
     args = ["-p", str(program), *TARGETS]
     with BrokerProcess(system_bus, tmp_path / "state", args, netns=netns) as running:
         yield running
+        # Stopped, not killed: a killed broker leaves its running program behind, to write
+        # a mark after the marks directory was emptied. SIGTERM waits for that program.
+        assert running.stop() == 0, running.log()
 
 
 def ours(subsystems: tuple[str, ...]) -> Callable[[str, str], bool]:

@@ -20,13 +20,14 @@ import tempfile
 import time
 import uuid as uuidlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import REPO_ROOT
 from support.broker import ActivatedBroker, BrokerProcess
 from support.bus import SystemBus
 from support.netns import NetNS, netns_uevent_socket
-from support.signals import Signals, net_event
+from support.signals import Signal, Signals, net_event
 
 pytestmark = pytest.mark.root
 
@@ -301,6 +302,58 @@ def test_overflow_resyncs_every_device_under_the_lost_signal_uuid(
     finally:
         broker.close()
         sock.close()
+
+
+def test_resyncs_into_a_small_buffer_come_to_an_end(
+    system_bus: SystemBus, signals: Signals, netns: NetNS, tmp_path: Path
+) -> None:
+    """The resync re-announces every device into the same small buffer a burst overflowed. It
+    waits for the reader as it writes, so it overflows nothing itself: a resync arrives whole
+    and no loss follows it. Unpaced, each resync overflowed the buffer again, and the resync for
+    that loss too, without end. (Other devices' events leak in from the host and may overflow
+    this buffer too; each such loss has its resync, so the test waits for one with no loss.)"""
+    sock = netns_uevent_socket(netns.name, rcvbuf=1)  # the kernel rounds up to its minimum
+    args = ["--no-program"]
+    broker = ActivatedBroker(system_bus, tmp_path / "state", args, fd=sock.fileno(), netns=netns)
+    try:
+        _start_activated(broker, sock.fileno())
+        broker.send_signal(signal.SIGSTOP)
+        names = links(netns, 100)  # 300 events: more than the buffer holds
+        broker.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 300  # a hang, not a threshold
+        while True:
+            uuid = _whole_resync(signals, broker, names, deadline - time.monotonic())
+            losses = _every_loss_announced(system_bus, signals)
+            if losses[-1][1] == uuid:
+                break  # the last loss is the one this resync answered: it caused none
+        assert broker.stop() == 0
+    finally:
+        broker.close()
+        sock.close()
+
+
+def _whole_resync(signals: Signals, broker: BrokerProcess, names: set[str], left: float) -> str:
+    """The UUID of the last loss, once its resync is over and re-announced all of ``names``."""
+
+    def whole(seen: list[Signal]) -> bool:
+        at = max(i for i, (member, _) in enumerate(seen) if member == "EventsLost")
+        uuid = seen[at][1][1]
+        found = {s[1][4]["INTERFACE"] for s in seen[at:] if net_event("add", names, uuid)(s)}
+        return found == names and f"resync {uuid}: asked the kernel" in broker.log()
+
+    signals.wait(lambda s: s[0] == "EventsLost", 1, timeout=max(left, 0))
+    seen = signals.wait_until(whole, timeout=max(left, 0))
+    return str([body for member, body in seen if member == "EventsLost"][-1][1])
+
+
+def _every_loss_announced(system_bus: SystemBus, signals: Signals) -> list[list[Any]]:
+    """The EventsLost signals once every overflow counted so far has been announced."""
+    call = ["busctl", f"--address={system_bus.address}", "--json=short", "get-property"]
+    call += ["org.pnp.Broker", "/org/pnp/Broker", "org.pnp.Broker1", "Statistics"]
+    got = subprocess.run(call, capture_output=True, text=True, timeout=60, check=True)
+    overflows = json.loads(got.stdout)["data"]["overflows"]
+    signals.wait(lambda s: s[0] == "EventsLost", overflows)
+    return [body for member, body in list(signals.seen) if member == "EventsLost"]
 
 
 def test_socket_unit_is_shipped() -> None:

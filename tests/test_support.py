@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import subprocess
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import pytest
 from dbus_fast import Message, MessageType, RequestNameReply
 from dbus_fast.aio import MessageBus
 from support import skip_or_fail
+from support.broker import BrokerProcess
 from support.bus import POLICY_FILE, POLKIT_BUS_POLICY, SystemBus
 from support.collector import SignalCollector, connect, disconnect
 from support.docsteps import Step, documented_steps
@@ -344,3 +346,19 @@ def test_documented_steps_are_a_sections_scripts_and_named_files(tmp_path: Path)
     assert documented_steps(doc, "Deeper") == [Step("echo one\n# ## not a heading\n")]
     with pytest.raises(AssertionError, match="no section"):
         documented_steps(doc, "Missing")
+
+
+def test_a_broker_process_leaves_no_directory_behind(tmp_path: Path) -> None:
+    """Its log and notify socket live in a /tmp directory: gone at close() (the log still
+    readable), and gone for a broker never closed once it is collected."""
+    closed = BrokerProcess(None, tmp_path / "state")
+    closed.log_path.write_text("what it logged\n")
+    closed.close()
+    assert not closed.log_path.parent.exists()
+    assert closed.log() == "what it logged\n"
+    forgotten = BrokerProcess(None, tmp_path / "state")
+    directory = forgotten.log_path.parent
+    assert directory.is_dir()
+    del forgotten
+    gc.collect()
+    assert not directory.exists()

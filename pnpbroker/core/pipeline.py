@@ -38,8 +38,9 @@ from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import ProgramRunner, make_mode
 from pnpbroker.notify import report_status, sd_notify
 from pnpbroker.rebroadcast import Rebroadcaster
-from pnpbroker.resync import trigger_in_thread
+from pnpbroker.resync import Pace, trigger_in_thread
 from pnpbroker.sources import Source
+from pnpbroker.sources.netlink import burst_room
 from pnpbroker.sysfs import scan
 from pnpbroker.trouble import Trouble
 
@@ -114,6 +115,9 @@ class Pipeline:
             resume_room=max(1, journal.max_entries // 10),
         )
         self.publisher.followers += [self.reader, self.losses]  # room again: resume, resync
+        room = burst_room(source.fileno())  # triggers (resync, Trigger) never outrun the reader
+        self.pace = Pace(room, self.reader.caught_up) if room else None
+        self.losses.resync.pace = self.pace
         self.queries = Queries(journal.path)
         self.exit_code = ExitCode.OK
         self.reload_hook: Callable[[], Config] | None = None
@@ -153,7 +157,7 @@ class Pipeline:
         uuid: str | None = None,
     ) -> tuple[str, int]:
         """Coldplug (Trigger method): the SYNTH_UUID and how many events the kernel will send."""
-        result = await trigger_in_thread(subsystems, action, uuid, devices=devices)
+        result = await trigger_in_thread(subsystems, action, uuid, devices=devices, pace=self.pace)
         return result.uuid, result.written
 
     @property

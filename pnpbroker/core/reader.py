@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -89,6 +90,7 @@ class Reader:
         self._unrecorded: list[Accepted] = []
         self._stopped = False
         self._full = Trouble(log)
+        self._batch_taken = asyncio.Event()  # each batch read: what caught_up() waits for
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self.source.fileno(), self._on_readable)
@@ -98,9 +100,18 @@ class Reader:
         if self._stopped:
             return
         self._stopped = True
+        self._batch_taken.set()
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self.source.fileno())
         self._take(self.source.flush())
+
+    async def caught_up(self) -> None:
+        """Return once the source holds nothing to read (at once if it holds nothing now), or
+        reading has stopped. While reading is paused (a failing journal) that waits too. What a
+        trigger waits for between its writes (:class:`pnpbroker.resync.Pace`)."""
+        while not self._stopped and _holds_something(self.source.fileno()):
+            self._batch_taken.clear()
+            await self._batch_taken.wait()
 
     def _on_readable(self) -> None:
         try:
@@ -111,6 +122,7 @@ class Reader:
             self.on_end(False)
             return
         self._take(items)
+        self._batch_taken.set()
         if self.source.eof:
             self.stop()
             self.on_end(True)
@@ -224,3 +236,10 @@ class Reader:
         if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
             at = f" at {where}" if where else ""
             log.warning("rejected %s datagram%s (%d so far): %s", kind, at, count, exc)
+
+
+def _holds_something(fd: int) -> bool:
+    """Whether ``fd`` has something to read now, a datagram or an error (poll, no wait)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & (select.POLLIN | select.POLLERR) for _, events in poller.poll(0))

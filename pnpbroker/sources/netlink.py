@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 
 from pnpbroker.errors import SourceError
@@ -38,6 +39,23 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
     level = logging.INFO if got >= size else logging.WARNING
     log.log(level, "netlink receive buffer: asked %d bytes, got %d", size, got)
     return got
+
+
+def burst_room(fd: int) -> int | None:
+    """How many of the largest uevents the receive buffer of socket ``fd`` surely holds at
+    once (at least 1): how far a trigger may run ahead of the reader. None if ``fd`` is no
+    socket (a stream source: the kernel's events do not come through it)."""
+    copy = os.dup(fd)
+    try:
+        sock = socket.socket(fileno=copy)
+    except OSError:  # ENOTSOCK
+        os.close(copy)
+        return None
+    with sock:
+        booked = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    # SO_RCVBUF reports what the kernel books (double what was asked), and it counts each
+    # datagram's whole allocation against it: reckon two pages a uevent.
+    return max(1, booked // (2 * MAX_UEVENT_SIZE))
 
 
 #: Netlink treats both alike; systemd's ListenNetlink= makes SOCK_RAW, most programs SOCK_DGRAM.

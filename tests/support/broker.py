@@ -1,18 +1,23 @@
 """The broker as a real subprocess, inside a test's network namespace, on a test's bus.
 
-Readiness is the broker's own sd_notify ``READY=1`` on a socket we hand it: no sleeps.
+Readiness is the broker's own sd_notify ``READY=1`` on a socket we hand it: no sleeps. Its
+log and that socket live in a directory of its own under /tmp, removed at :meth:`close` (the
+log is kept in memory for the test to read) or, for a broker never closed, when it is
+collected or the tests end.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +52,8 @@ class BrokerProcess:
         self.command = command
         self.wrapper = list(wrapper)  # e.g. setpriv dropping capabilities
         self._dir = Path(tempfile.mkdtemp(prefix="pnpt-broker-"))
+        self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+        self._closed_log = ""  # the log, once close() removed its file
         self.log_path = self._dir / "broker.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._notify: socket.socket | None = None
@@ -60,6 +67,10 @@ class BrokerProcess:
     def start(
         self, timeout: float = 30.0, *, wait_ready: bool = True, **popen: object
     ) -> BrokerProcess:
+        if not self._remove_dir.alive:  # started again after close(): the log goes on
+            self._dir.mkdir()
+            self._remove_dir = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
+            self.log_path.write_text(self._closed_log)
         notify_path = self._dir / f"notify-{time.monotonic_ns()}"
         if self._notify is not None:  # started again (a restart): a fresh socket, no stale state
             self._notify.close()
@@ -125,6 +136,8 @@ class BrokerProcess:
         self.proc.wait(30)
 
     def log(self) -> str:
+        if not self._remove_dir.alive:
+            return self._closed_log
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def close(self) -> None:
@@ -133,6 +146,10 @@ class BrokerProcess:
             self.proc.wait(30)
         if self._notify is not None:
             self._notify.close()
+            self._notify = None
+        if self._remove_dir.alive:
+            self._closed_log = self.log()
+            self._remove_dir()
 
     def __enter__(self) -> BrokerProcess:
         try:

@@ -77,6 +77,20 @@ class Signals:
                     raise TimeoutError(f"{len(found)} of {count} signals: {self.seen[-5:]}")
                 self._cond.wait(left)
 
+    def wait_until(
+        self, done: Callable[[list[Signal]], bool], timeout: float = 60.0
+    ) -> list[Signal]:
+        """Every signal seen, once ``done(seen)`` holds (checked on each signal, and each second
+        for what ``done`` reads besides); TimeoutError with what was seen."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not done(self.seen):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(self.seen)} signals: {self.seen[-5:]}")
+                self._cond.wait(min(left, 1.0))
+            return list(self.seen)
+
     def close(self) -> None:
         async def disconnect() -> None:
             if self._bus is not None:

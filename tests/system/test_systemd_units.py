@@ -76,9 +76,11 @@ def test_ten_restarts_during_bursts_lose_nothing(broker: Machine, record_propert
                 broker.run(["systemctl", "restart", "pnpbroker.service"])
                 ready.append(restart_ready_seconds(broker))
         sent = [e for e in kernel.close() if e.get("INTERFACE") in bursts.names]
-        assert all("ERROR" not in e for e in kernel.events), "the ground truth overflowed"
+        # The ground truth is the test's own: if it is short, the test failed, not the broker.
+        assert not kernel.overflowed, f"the test's kernel listener overflowed: {kernel.overflowed}"
         wanted = {int(e["SEQNUM"]) for e in sent if e.get("SUBSYSTEM") == "net"}
-        assert len(wanted) == 2 * len(bursts.names)  # an add and a remove for each link
+        missed = 2 * len(bursts.names) - len(wanted)  # an add and a remove for each link
+        assert missed == 0, f"the test's kernel listener missed {missed} events"
 
         def published(events: list[Event]) -> bool:
             return wanted <= {int(e.properties["SEQNUM"]) for e in events}
