@@ -309,7 +309,7 @@ async def test_a_stop_hands_the_last_ack_to_a_feed_that_comes_back(
     session.puback(1)
     session.puback(2)
     await asyncio.sleep(0)  # no feed: the ack waits
-    assert (fwd.acked, fwd.delivered) == (3, 0)
+    assert (fwd.acked, fwd.written) == (3, 0)
     fwd.stop()
     drain = asyncio.create_task(fwd._drain())
     await asyncio.sleep(0.01)
@@ -334,7 +334,7 @@ async def test_a_stop_without_a_feed_gives_up_after_a_while(
     fwd.journal_id, fwd.acked = "j1", 3
     fwd.stop()
     await asyncio.wait_for(fwd._drain(), 5)
-    assert fwd.delivered == 0  # the next start sends 1..3 again: duplicates, said in the docs
+    assert fwd.written == 0  # the next start sends 1..3 again: duplicates, said in the docs
 
 
 class AckingSession(FakeSession):

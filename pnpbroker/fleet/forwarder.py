@@ -65,8 +65,7 @@ class Forwarder:
         self.submitted = 0  # the last sequence handed to paho (for journal_id)
         self.acked = 0  # every sequence up to here was acknowledged by the MQTT broker
         self.seen = 0  # the last sequence the feed sent on this connection
-        self.written = 0  # the last ack written to the feed
-        self.delivered = 0  # the last ack written to any feed of journal_id
+        self.written = 0  # the last ack written to this connection of the feed (0: none)
         self.pending: deque[Pending] = deque()
         self.exit_code = ExitCode.OK
         self._stop = asyncio.Event()
@@ -123,9 +122,10 @@ class Forwarder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), STOP_SECONDS)
         self._write_ack()
-        if self.delivered < self.acked and self.exit_code != ExitCode.CONFIG:
-            # The feed is away (the broker restarting): when it is back, it sends again from
-            # its cursor and _take writes the ack; without it, the next start sends again.
+        if self.written < self.acked and self.exit_code != ExitCode.CONFIG:
+            # The feed is away (the broker restarting; what we wrote to the last connection
+            # may not have been read): when it is back, it sends again from its cursor and
+            # _take writes the ack; without it, the next start sends again.
             self._delivered.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._delivered.wait(), STOP_SECONDS)
@@ -164,6 +164,7 @@ class Forwarder:
                 log.error("broker feed: %s", exc)
             finally:
                 writer.close()
+                self.written = 0  # a broker that went may not have read it
                 if self._feed is writer:
                     self._feed = None
                 self._feed_gone.set()
@@ -176,7 +177,7 @@ class Forwarder:
         if journal_id != self.journal_id:
             if self.journal_id:
                 log.warning("the broker's journal is new (%s): sequences start again", journal_id)
-            self.journal_id, self.submitted, self.acked, self.delivered = journal_id, 0, 0, 0
+            self.journal_id, self.submitted, self.acked = journal_id, 0, 0
         self.seen = self.written = 0
         log.info("broker feed connected (journal %s)", journal_id)
         rest = b""
@@ -234,8 +235,7 @@ class Forwarder:
         if feed is not None and not feed.is_closing() and through > self.written:
             feed.write(frames.ack(through))
             self.written = through
-            self.delivered = max(self.delivered, through)
-        if self.delivered >= self.acked:
+        if self.written >= self.acked:
             self._delivered.set()
 
     def _refused(self, pending: Pending, reason: ReasonCode) -> None:
