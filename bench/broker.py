@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from support.broker import BrokerProcess
 from support.bus import SystemBus
+from support.journal import JOURNAL_NAME
 from support.netns import NetNS
 
 from bench import events, harness, spawn
@@ -31,11 +33,14 @@ class BrokerPending(Exception):
 
 
 @contextlib.contextmanager
-def running_broker(ns: NetNS, bus: SystemBus, extra: list[str]) -> Iterator[BrokerProcess]:
+def running_broker(
+    ns: NetNS, bus: SystemBus, extra: list[str], state: Path | None = None
+) -> Iterator[BrokerProcess]:
     """The broker inside ``ns`` on ``bus``, after READY=1 (the test kit's BrokerProcess, in its
-    own process group so that it can be paused); stopped on the way out."""
+    own process group so that it can be paused), with a fresh state directory unless one is
+    given; stopped on the way out."""
     with tempfile.TemporaryDirectory(prefix="pnp-bench-broker-") as tmp:
-        broker = BrokerProcess(bus, Path(tmp) / "state", extra, netns=ns)
+        broker = BrokerProcess(bus, state or Path(tmp) / "state", extra, netns=ns)
         try:
             broker.start(60.0, start_new_session=True, cwd=harness.REPO)
             yield broker
@@ -175,8 +180,24 @@ def broker_latency(cfg: Config) -> Values:
 def broker_idle(cfg: Config) -> Values:
     """RSS (MB) and CPU (% of a core) of a ready broker with nothing to do, over idle_seconds."""
     with broker_setup() as (_ns, _address, proc):
+        before = _journalled(proc.state_dir)
         usage = idle_usage(proc.pid, cfg.idle_seconds)
-    return {"broker.idle.rss": usage["rss"], "broker.idle.cpu": usage["cpu"]}
+        arrived = _journalled(proc.state_dir) - before
+    return {
+        "broker.idle.rss": usage["rss"],
+        "broker.idle.cpu": usage["cpu"],
+        "broker.idle.events": arrived / cfg.idle_seconds,
+    }
+
+
+def _journalled(state: Path) -> int:
+    """The last sequence in the broker's journal (read-only, beside the running broker):
+    events from other devices leak into the namespace from the host, and an idle broker
+    journals and publishes each."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{state / JOURNAL_NAME}?mode=ro", uri=True)
+    ) as db:
+        return int(db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
 
 def broker_legacy(cfg: Config) -> Values:

@@ -1,17 +1,18 @@
-"""The D-Bus side: a subscriber that counts ``Event`` signals, and the bare emitter (the ceiling).
+"""The D-Bus side: a subscriber that counts ``Event`` signals, and the bare emitters (the ceiling).
 
 ``python -m bench.ceiling subscribe`` reads ``org.pnp.Broker1.Event`` signals from any sender and
-speaks the ``bench.peers`` protocol, so it counts the broker's signals and the emitter's alike
+speaks the ``bench.peers`` protocol, so it counts the broker's signals and the emitters' alike
 (the SEQNUM, ACTION and DEVPATH come from the signal's properties).
 
-``python -m bench.ceiling emit`` is the ceiling: dbus-fast sending the same signal shape
-(``tsssa{ss}a{sv}`` on /org/pnp/Broker) as fast as it can, flow-controlled exactly as the
-broker's publisher is and with the broker's own transport (``pnpbroker.bus.link.BusLink``): a
-window of 128 signals marshalled into one buffer and written with one write, then a ``GetId``
-round trip to the bus daemon as the barrier (its reply means the daemon has read every signal
-before it), at most 4 windows in flight; ``EAGAIN`` on the socket means "wait for writable"
-(dbus-fast alone would drop the connection). No journal, no sequencer, no name owned: what
-is left is the bus itself, so broker / ceiling says what the broker's own work costs.
+``python -m bench.ceiling emit`` is the ceiling: a bare dbus-fast emitter of the same signals
+(``tsssa{ss}a{sv}`` on /org/pnp/Broker, the keys of the same ifb events) as fast as the bus takes
+them. Each message is built and marshalled by dbus-fast (``Message.new_signal``, ``_marshall``)
+and written to the connection's socket at once with a plain non-blocking ``send``; on
+``EAGAIN`` (or a short write) it waits until the socket is writable and writes the rest. No
+round trips, no windows, no journal: what is left is dbus-fast and the bus itself.
+``bench/emit_sdbus.c`` is the same emitter in C with sd-bus (``sd_bus_send``, and
+``sd_bus_flush`` when its queue grows), for context: the fastest emitter of any kind here.
+Both read the bodies from a file ``bodies`` writes (one event a line), so they send the same.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import contextlib
 import json
 import sys
 import time
-from collections import deque
 from typing import Any
 
 from dbus_fast import Message, MessageType
@@ -30,13 +30,9 @@ from dbus_fast.aio import MessageBus
 
 from bench.events import NET_DIR, PREFIX
 from bench.peers import Collector
-from pnpbroker.bus.link import BusLink
 from pnpbroker.bus.wire import EVENT_SIGNATURE, to_bus_daemon
-from pnpbroker.core import publisher
-from pnpbroker.names import INTERFACE
+from pnpbroker.names import INTERFACE, OBJECT_PATH
 
-WINDOW = publisher.WINDOW
-WINDOWS_IN_FLIGHT = publisher.MAX_BARRIERS
 # Padding that makes an event look like a USB device's (10 keys in all), for the --keys 10 variant.
 _USB_LIKE = {
     "MAJOR": "189",
@@ -72,22 +68,42 @@ def bodies(links: int, ten_keys: bool) -> list[list[Any]]:
 
 
 async def emit(address: str, links: int, ten_keys: bool) -> dict[str, float]:
-    """Send every body as an Event signal the way the publisher does; return start and end."""
+    """Send every body as an Event signal, unpaced; return when the first and last went."""
     bus = await MessageBus(bus_address=address).connect()
-    link = BusLink(bus)  # the broker's transport: one write per window, EAGAIN waits
-    barriers: deque[asyncio.Future[Message]] = deque()
+    sock, loop = bus._sock, asyncio.get_running_loop()
+    assert sock is not None
     all_bodies = bodies(links, ten_keys)
     start = time.monotonic()
-    for first in range(0, len(all_bodies), WINDOW):
-        link.emit_many("Event", EVENT_SIGNATURE, all_bodies[first : first + WINDOW])
-        barriers.append(link.barrier())
-        while len(barriers) >= WINDOWS_IN_FLIGHT:
-            await barriers.popleft()
-    for future in barriers:
-        await future
+    for body in all_bodies:
+        msg = Message.new_signal(OBJECT_PATH, INTERFACE, "Event", EVENT_SIGNATURE, body)
+        msg.serial = bus.next_serial()
+        data = memoryview(msg._marshall(False))
+        while data:
+            try:
+                data = data[sock.send(data) :]
+            except BlockingIOError:
+                await _writable(loop, sock.fileno())
     end = time.monotonic()
     bus.disconnect()
     return {"start": start, "end": end}
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    ready = loop.create_future()
+    loop.add_writer(fd, ready.set_result, None)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+
+
+def write_bodies(path: str, links: int) -> None:
+    """The bodies as text for the C emitter: per event one line, tab-separated: sequence,
+    action, subsystem, devpath, then KEY=VALUE for each property."""
+    with open(path, "w") as out:
+        for seq, action, subsystem, devpath, props, _handler in bodies(links, False):
+            fields = [str(seq), action, subsystem, devpath, *(f"{k}={v}" for k, v in props.items())]
+            out.write("\t".join(fields) + "\n")
 
 
 async def subscribe(address: str, links: int, limit: float, ready_on_match: bool) -> None:

@@ -9,32 +9,9 @@ own CPU time and memory, are measured while the storm runs instead of taking min
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from bench import broker, coldplug, devices, faults, fleet, measures, storm
+from bench import broker, bus, coldplug, curves, devices, faults, fleet, measures, storm
 from bench.measures import Config, Values
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One row: a value named ``key``, set against the figure ``versus`` (a peer or a limit)."""
-
-    key: str
-    label: str
-    unit: str
-    versus: str | None = None
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One thing to run per repetition, and the figures it yields."""
-
-    name: str
-    run: Callable[[Config], Values]
-    figures: tuple[Figure, ...]
-    once: bool = False
-    alongside: str | None = None
+from bench.registry import Figure, Measurement
 
 
 def _reader(kind: str, label: str) -> Measurement:
@@ -72,6 +49,9 @@ BROKER_THROUGHPUT = (
     Figure("broker.live", "broker -> D-Bus client: events/s, live burst", "ev/s", "broker.kernel"),
     Figure(
         "broker.drain", "broker -> D-Bus client: events/s, queued burst", "ev/s", "ceiling.rate"
+    ),
+    Figure(
+        "broker.drain", "broker -> D-Bus client: events/s, queued burst", "ev/s", "ceiling.sdbus"
     ),
     Figure(
         "broker.drain", "broker -> D-Bus client: events/s, queued burst", "ev/s", "netlink.drain"
@@ -163,12 +143,22 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     _reader("pyudev", "pyudev kernel monitor"),
     Measurement(
         "ceiling",
-        measures.dbus_ceiling,
-        (Figure("ceiling.rate", "D-Bus ceiling: bare dbus-fast emitter -> client", "ev/s"),),
+        bus.dbus_ceiling,
+        (
+            Figure(
+                "ceiling.rate", "D-Bus ceiling: bare dbus-fast emitter, unpaced -> client", "ev/s"
+            ),
+            Figure(
+                "ceiling.sdbus",
+                "D-Bus: C sd-bus emitter -> same client (context)",
+                "ev/s",
+                "ceiling.rate",
+            ),
+        ),
     ),
     Measurement(
         "ceiling10",
-        measures.dbus_ceiling_ten,
+        bus.dbus_ceiling_ten,
         (Figure("ceiling10.rate", "D-Bus ceiling, 10-key properties", "ev/s", "ceiling.rate"),),
     ),
     Measurement("broker throughput", broker.broker_throughput, BROKER_THROUGHPUT),
@@ -268,6 +258,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
         (
             Figure("broker.idle.rss", "idle broker: RSS", "MB", "idle.client.rss"),
             Figure("broker.idle.cpu", "idle broker: CPU", "%"),
+            Figure("broker.idle.events", "idle broker: events leaked in from the host", "ev/s"),
         ),
         alongside="broker storm",
     ),
@@ -325,4 +316,5 @@ MEASUREMENTS: tuple[Measurement, ...] = (
             ),
         ),
     ),
+    *curves.MEASUREMENTS,
 )

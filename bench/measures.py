@@ -12,7 +12,6 @@ floor). Latency in a burst is against a minimal netlink reader running alongside
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -105,31 +104,6 @@ def subscriber_argv(address: str, links: int, ready_on_match: bool) -> list[str]
     argv = [sys.executable, "-m", "bench.ceiling", "subscribe", "--address", address]
     argv += ["--links", str(links)]
     return argv + (["--ready-on-match"] if ready_on_match else [])
-
-
-def dbus_ceiling(cfg: Config, ten_keys: bool = False) -> Values:
-    """Events/s from a bare dbus-fast emitter to a subscriber on a private system-like bus."""
-    key = "ceiling10" if ten_keys else "ceiling"
-    links = cfg.ceiling_links
-    with SystemBus() as bus:
-        address = bus.address
-        reader = harness.Reader(subscriber_argv(address, links, ready_on_match=True))
-        harness.wait_ready(None, [reader])
-        emit = [sys.executable, "-m", "bench.ceiling", "emit", "--address", address]
-        emit += ["--links", str(links)] + (["--ten-keys"] if ten_keys else [])
-        env = harness.python_env()
-        done = subprocess.run(emit, cwd=harness.REPO, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"emitter failed: {done.stderr.strip()[-500:]}")
-        [result] = harness.collect([reader], 180)
-    result = harness.checked(result, links)
-    first = min(t for *_, t in result.records)
-    last = max(t for *_, t in result.records)
-    return {f"{key}.rate": len(result.records) / (last - first)}
-
-
-def dbus_ceiling_ten(cfg: Config) -> Values:
-    return dbus_ceiling(cfg, ten_keys=True)
 
 
 def spawn_limit(cfg: Config) -> Values:

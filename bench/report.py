@@ -30,10 +30,10 @@ the reader's Python code on CLOCK_MONOTONIC, so it includes ip and the kernel ma
 netlink listener's figure is that floor). *burst latency*: per SEQNUM, after a minimal netlink
 reader running alongside in the same namespace. *D-Bus ceiling*: a bare dbus-fast emitter sends
 the same `Event` signals (`tsssa{{ss}}a{{sv}}`, the real keys of those uevents) to a subscriber
-on a private system-like dbus-daemon (the test kit's), flow-controlled exactly as the broker's
-publisher (its own `BusLink`): 128 signals marshalled into one buffer and sent with one write, a
-`GetId` round trip to the bus daemon as the barrier after each window, at most 4 windows in
-flight, EAGAIN = wait for writable; events/s from the first to the last signal received. *spawn
+on a private system-like dbus-daemon (the test kit's), unpaced: each message built and
+marshalled by dbus-fast and written at once with a plain non-blocking send, EAGAIN = wait for
+writable, no round trips; events/s from the first to the last signal received. Beside it, for
+context, the same emitter in C with sd-bus (`bench/emit_sdbus.c`). *spawn
 limit*: a tight
 `os.posix_spawn`+`os.waitpid` loop of `/bin/true net` with a uevent's environment (8 keys) and
 the broker's spawn attributes (stdin /dev/null, stdout/stderr to a pipe, own process group).

@@ -22,8 +22,9 @@ import traceback
 from dataclasses import dataclass, field
 
 from bench import broker, report, tools
-from bench.figures import MEASUREMENTS, Measurement
+from bench.figures import MEASUREMENTS
 from bench.measures import Config
+from bench.registry import Measurement
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.harness import CACHE, REPO, python_env
@@ -67,8 +68,9 @@ def pyudev_version() -> str:
     return out.stdout.decode().strip() or "?"
 
 
-def compile_c(source: Path, name: str) -> Path | None:
-    """Compile ``source`` with gcc -O2 into .cache; None if there is no gcc."""
+def compile_c(source: Path, name: str, libs: Sequence[str] = ()) -> Path | None:
+    """Compile ``source`` with gcc -O2 (linked with ``libs``) into .cache; None if there is
+    no gcc."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         _fail(name, "no C compiler")
@@ -76,5 +78,5 @@ def compile_c(source: Path, name: str) -> Path | None:
     out = CACHE / name
     if not out.exists() or out.stat().st_mtime < source.stat().st_mtime:
         CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run([gcc, "-O2", "-o", str(out), str(source)], check=True)
+        subprocess.run([gcc, "-O2", "-o", str(out), str(source), *libs], check=True)
     return out

@@ -107,7 +107,7 @@ class Journal:
         if sync == "full":  # what a crashed run left in the page cache goes to disk first
             self._wal = os.open(f"{path}-wal", os.O_RDONLY | os.O_CLOEXEC)
             os.fsync(self._wal)
-        self.synced = self.handled
+        self._synced = self.handled
         self._dirty = False
         self._tail: deque[Entry] = deque()
         if self.replaced is not None:  # the fresh journal begins by saying what happened
@@ -215,13 +215,19 @@ class Journal:
             if isinstance(cached, Record):
                 tail[index] = Record(sequence, cached.event, outcome, cached.received)
 
+    @property
+    def synced(self) -> int:
+        """What may be shown to clients: with ``journal_sync = "full"``, what was handled when
+        the last :meth:`sync` began; else everything handled."""
+        return self._synced if self._wal is not None else self.handled
+
     async def sync(self) -> None:
         """Put every commit so far on disk (an fsync of the WAL, in a thread: the loop goes
         on), then move ``synced`` to what was handled before it began."""
         through = self.handled
-        if self._wal is not None and through > self.synced:
+        if self._wal is not None and through > self._synced:
             await asyncio.to_thread(os.fsync, self._wal)
-        self.synced = max(self.synced, through)
+        self._synced = max(self._synced, through)
 
     def skip_handling(self, through: int) -> None:
         """No program runs: everything up to ``through`` counts as handled (saved lazily)."""

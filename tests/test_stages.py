@@ -22,9 +22,10 @@ from support.fakes import FakeLink, FakeMode, FakeSource, datagram, records, uev
 
 from pnpbroker.config import Config
 from pnpbroker.contract import ExitCode
+from pnpbroker.core import publisher as publisher_module
 from pnpbroker.core import reader as reading
 from pnpbroker.core.pipeline import Pipeline
-from pnpbroker.core.publisher import MAX_BARRIERS, WINDOW, Publisher
+from pnpbroker.core.publisher import CHUNK, MAX_BARRIERS, Publisher
 from pnpbroker.core.reader import Reader
 from pnpbroker.core.sequencer import Sequencer
 from pnpbroker.journal import Journal, Lost
@@ -294,57 +295,158 @@ async def queue(journal: Journal) -> AsyncIterator[tuple[Publisher, Followed]]:
         await task
 
 
-async def test_publisher_sends_in_order_and_acknowledges_in_windows(
+@pytest.fixture
+def slow_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No barrier for the time that passes: these tests count events, not milliseconds."""
+    monkeypatch.setattr(publisher_module, "ACK_SECONDS", 3600.0)
+
+
+@pytest.mark.usefixtures("slow_clock")
+async def test_publisher_sends_at_once_and_acknowledges_in_a_quiet_moment(
     journal: Journal, queue: tuple[Publisher, Followed]
 ) -> None:
     publisher, followed = queue
-    link = publishing(publisher, journal, 2 * WINDOW + 5)
-    await until(lambda: link.outstanding == 3)  # two full windows, then a quiet moment
-    assert link.sequences == list(range(1, 2 * WINDOW + 6))
-    assert max(link.batches) <= WINDOW
+    count = 2 * CHUNK + 5
+    link = publishing(publisher, journal, count)
+    await until(lambda: link.outstanding == 1)  # everything sent, then one barrier
+    assert link.sequences == list(range(1, count + 1))
+    assert max(link.batches) <= CHUNK
     assert journal.published == 0  # nothing counts as published before the link says so
-    for _ in range(3):
-        link.ack()
-    await until(lambda: journal.published == 2 * WINDOW + 5)
-    assert followed.through == [WINDOW, 2 * WINDOW, 2 * WINDOW + 5]
-    assert publisher.count == 2 * WINDOW + 5
+    link.ack()
+    await until(lambda: journal.published == count)
+    assert followed.through == [count]
+    assert publisher.count == count
 
 
-async def test_publisher_holds_at_most_max_barriers_windows_unacknowledged(
-    journal: Journal, queue: tuple[Publisher, Followed]
+@pytest.mark.usefixtures("slow_clock")
+async def test_publisher_holds_at_most_max_barriers_unacknowledged(
+    journal: Journal, queue: tuple[Publisher, Followed], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    publisher, _ = queue
-    link = publishing(publisher, journal, 10 * WINDOW)
+    monkeypatch.setattr(publisher_module, "ACK_EVERY", CHUNK)
+    publisher, followed = queue
+    link = publishing(publisher, journal, 10 * CHUNK)
     await until(lambda: link.outstanding == MAX_BARRIERS)
     for _ in range(50):
         await asyncio.sleep(0)
-    assert len(link.sent) == MAX_BARRIERS * WINDOW  # back-pressure: no fifth window
+    assert len(link.sent) == MAX_BARRIERS * CHUNK  # back-pressure: no more before a reply
     link.ack()
-    await until(lambda: len(link.sent) == (MAX_BARRIERS + 1) * WINDOW)
+    await until(lambda: len(link.sent) == (MAX_BARRIERS + 1) * CHUNK)
     assert link.outstanding == MAX_BARRIERS
+    assert followed.through == [CHUNK]
 
 
-async def test_publisher_resends_what_was_not_acknowledged_on_the_next_link(
+@pytest.mark.usefixtures("slow_clock")
+async def test_publisher_waits_while_the_link_is_full(
     journal: Journal, queue: tuple[Publisher, Followed]
 ) -> None:
+    """The socket's flow control: nothing more is sent until the link has room again."""
+    publisher, _ = queue
+    link = FakeLink()
+    link.full = True
+    publisher.attach(link)
+    handled(journal, 3 * CHUNK)
+    publisher.advance(journal.handled)
+    await until(lambda: link.waits == 1)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert link.batches == [CHUNK]
+    link.drain()
+    await until(lambda: len(link.sent) == 3 * CHUNK)
+    assert link.sequences == list(range(1, 3 * CHUNK + 1))
+
+
+@pytest.mark.usefixtures("slow_clock")
+async def test_publisher_resends_what_was_not_acknowledged_on_the_next_link(
+    journal: Journal, queue: tuple[Publisher, Followed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publisher_module, "ACK_EVERY", CHUNK)
     publisher, followed = queue
-    first = publishing(publisher, journal, 3 * WINDOW)
-    await until(lambda: first.outstanding == 3)
-    first.ack()  # the first window got through
-    await until(lambda: journal.published == WINDOW)
+    first = publishing(publisher, journal, 3 * CHUNK)
+    await until(lambda: first.outstanding == MAX_BARRIERS)
+    first.ack()  # the first chunk got through
+    await until(lambda: journal.published == CHUNK)
+    await until(lambda: first.outstanding == MAX_BARRIERS)
     first.die()  # the rest were in flight when the connection dropped
     await until(lambda: publisher.link is None)
     handled(journal, 2)  # handled while there is no link: queued in the journal
     publisher.advance(journal.handled)
     second = FakeLink()
     publisher.attach(second)
-    await until(lambda: second.outstanding == 3)
-    assert second.sequences == list(range(WINDOW + 1, 3 * WINDOW + 3))  # no gap, from the cursor
-    for _ in range(3):
+    await until(lambda: second.outstanding == MAX_BARRIERS)
+    assert second.sequences[0] == CHUNK + 1  # from the cursor
+    while journal.published < 3 * CHUNK + 2:
+        await until(lambda: second.outstanding > 0)
         second.ack()
-    await until(lambda: journal.published == 3 * WINDOW + 2)
-    assert followed.through[-1] == 3 * WINDOW + 2
+        await asyncio.sleep(0.001)
+    assert second.sequences == list(range(CHUNK + 1, 3 * CHUNK + 3))  # no gap, no repeat
+    assert followed.through[-1] == 3 * CHUNK + 2
     assert sorted(set(followed.through)) == followed.through  # never backwards
+
+
+async def test_publisher_caught_up_sends_a_handled_event_at_once(tmp_path: Path) -> None:
+    """No task switch between the handler stage and the link when nothing waits (with
+    ``journal_sync = "normal"``: nothing to wait for on disk)."""
+    journal = Journal(tmp_path / "journal.sqlite", sync="normal")
+    publisher, followed = Publisher(journal), Followed()
+    publisher.followers.append(followed)
+    task = asyncio.get_running_loop().create_task(publisher.run())
+    link = publishing(publisher, journal, 3)
+    await until(lambda: link.outstanding == 1)
+    link.ack()
+    await until(lambda: followed.through == [3])
+    for _ in range(10):  # the queue settles down to wait
+        await asyncio.sleep(0)
+    handled(journal, 1)
+    publisher.advance(journal.handled)
+    assert link.sequences == [1, 2, 3, 4]  # sent inside advance, before any await
+    handled(journal, 1)
+    journal.append([uevent(6)])  # queued behind it (a program runs): the queue gathers instead
+    publisher.advance(5)
+    assert link.sequences == [1, 2, 3, 4]
+    await until(lambda: link.sequences == [1, 2, 3, 4, 5])
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    journal.close()
+
+
+async def test_publisher_sends_nothing_at_once_that_is_not_on_disk(tmp_path: Path) -> None:
+    """``journal_sync = "full"``: an event handled goes out only after the fsync that covers it."""
+    journal = Journal(tmp_path / "journal.sqlite", sync="full")
+    publisher, link = Publisher(journal), FakeLink()
+    publisher.attach(link)
+    task = asyncio.get_running_loop().create_task(publisher.run())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    handled(journal, 1)
+    publisher.advance(journal.handled)
+    assert link.sequences == []
+    await until(lambda: link.sequences == [1])
+    assert journal.synced == 1
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    journal.close()
+
+
+async def test_publisher_acknowledges_a_steady_flow_in_time(
+    journal: Journal, queue: tuple[Publisher, Followed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events that never pause for a quiet moment are still acknowledged, every ACK_SECONDS."""
+    monkeypatch.setattr(publisher_module, "ACK_SECONDS", 0.02)
+    monkeypatch.setattr(publisher_module, "QUIET_SECONDS", 3600.0)
+    publisher, _ = queue
+    link = FakeLink()
+    publisher.attach(link)
+    for _ in range(10):
+        handled(journal, 1)
+        publisher.advance(journal.handled)
+        await asyncio.sleep(0.01)
+        while link.outstanding:  # the bus daemon answers
+            link.ack()
+    await until(lambda: len(link.sent) == 10)
+    assert 1 <= len(link.barriers) < 10  # not one per event
+    await until(lambda: journal.published > 1)
 
 
 async def test_publisher_waits_for_a_link_and_sends_losses_in_their_place(

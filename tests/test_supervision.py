@@ -140,3 +140,38 @@ async def test_the_bus_keeper_retries_what_a_bus_can_fix(
     pipeline.stop()
     assert await run == ExitCode.OK
     assert caplog.text.count("REJECTED") == 1  # logged once, not per attempt
+
+
+async def test_an_idle_broker_wakes_up_only_when_something_happens(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Housekeeping runs once after the last change and the status line is sent once; then
+    neither wakes up until an event comes (no timers ticking in an idle broker)."""
+    monkeypatch.setattr(core, "HOUSEKEEPING_SECONDS", 0.01)
+    monkeypatch.setattr(core, "STATUS_SECONDS", 0.01)
+    rounds: list[int] = []
+    statuses: list[str] = []
+    real_prune = pipeline.journal.prune
+
+    def prune() -> int:
+        rounds.append(pipeline.journal.last)
+        return real_prune()
+
+    monkeypatch.setattr(pipeline.journal, "prune", prune)
+    monkeypatch.setattr(core, "sd_notify", statuses.append)
+    link = FakeLink()
+    pipeline.publisher.attach(link)
+    run = asyncio.get_running_loop().create_task(pipeline.run())
+    await until(lambda: len(rounds) == 1)
+    await asyncio.sleep(0.3)  # thirty rounds' worth of time, and nothing happened
+    assert rounds == [0]
+    assert statuses == ["STATUS=0 events handled, 0 queued, 0 published"]
+    assert isinstance(pipeline.source, FakeSource)
+    pipeline.source.feed(datagram(1))
+    await until(lambda: link.outstanding == 1)
+    link.ack()
+    await until(lambda: "STATUS=1 events handled, 0 queued, 1 published" in statuses)
+    await until(lambda: rounds[-1:] == [1])
+    pipeline.stop()
+    assert await run == ExitCode.OK
+    pipeline.close()

@@ -1,20 +1,23 @@
 """The publish queue's link over dbus-fast: the one module that touches dbus-fast's internals.
 
-dbus-fast (like dbus-next, issue 153 there) treats ``EAGAIN`` from a full socket as a fatal error
-and drops the connection. Two measures keep that from happening, both here:
+The link owns the sending side of its connection (:class:`pnpbroker.bus.writer.Writer` in place
+of dbus-fast's writer, which drops the connection on ``EAGAIN``: python-dbus-next issue 153).
+Its flow control is the socket's own:
 
-- events are queued on dbus-fast's writer as whole windows (one buffer, one write: each message
-  marshalled with ``Message._marshall``, the buffer appended to ``_writer.messages``, then
-  ``_writer.schedule_write()``), and the writer's socket is wrapped so that ``EAGAIN`` means
-  "0 bytes written, wait for writable", which the writer already handles for short writes;
+- :meth:`BusLink.send` turns a batch of entries into whole signal messages
+  (:mod:`pnpbroker.bus.frames`: a header made once, the body marshalled per event) and hands
+  them to the writer as one buffer: they go out in one write as far as the socket takes them;
+- :meth:`BusLink.drained` returns once the socket has taken all but a little of it: the
+  publish queue waits there, so what waits in the broker is bounded by the socket, not by
+  round trips;
 - :meth:`BusLink.barrier` makes a round trip to the bus daemon (``GetId``); its reply proves
-  the daemon has read every message sent before it. The publisher keeps at most
-  ``MAX_BARRIERS`` (four) windows unacknowledged.
+  the daemon has read every message sent before it. The publish queue asks for one rarely
+  (every few thousand events, or a quiet moment): it moves the ``published`` cursor.
 
-Those internals (``MessageBus._writer``, its ``sock``, ``messages``, ``negotiate_unix_fd`` and
-``schedule_write``, and ``Message._marshall``) are what :func:`check_internals` verifies: the
-dbus-fast version range is pinned in pyproject.toml, and tests/test_dbus_fast.py fails loudly
-when a release changes them.
+Those internals (``MessageBus._writer``, ``_sock``, ``_fd``, ``_loop``, ``_finalize``, what
+dbus-fast calls on its writer, ``Message._marshall`` and ``Marshaller``) are what
+:func:`check_internals` verifies: the dbus-fast version range is pinned in pyproject.toml, and
+tests/test_dbus_fast.py fails loudly when a release changes them.
 """
 
 from __future__ import annotations
@@ -22,17 +25,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import socket
-from collections import deque
-from typing import Any
+import re
 
 from dbus_fast import BusType, Message, NameFlag, RequestNameReply
+from dbus_fast._private.marshaller import Marshaller
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio.message_bus import _MessageWriter
 from dbus_fast.service import ServiceInterface
 
 from pnpbroker import names
+from pnpbroker.bus import frames
 from pnpbroker.bus.wire import signal_of, to_bus_daemon
+from pnpbroker.bus.writer import Writer
 from pnpbroker.errors import BrokerError
 from pnpbroker.journal import Entry
 
@@ -48,41 +52,25 @@ class InternalsChanged(RuntimeError, BrokerError):
 
 
 def check_internals() -> None:
-    """Raise InternalsChanged unless dbus-fast's writer and marshaller look as we use them."""
+    """Raise InternalsChanged unless dbus-fast's connection, writer and marshaller look as the
+    link, the writer and the frames use them."""
     problems = []
     if not callable(getattr(Message, "_marshall", None)):
         problems.append("Message._marshall is gone")
+    if not callable(getattr(Marshaller, "marshall", None)):
+        problems.append("Marshaller.marshall is gone")
     parameters = list(inspect.signature(_MessageWriter.schedule_write).parameters)
     if parameters != ["self", "msg", "future"]:
         problems.append(f"_MessageWriter.schedule_write takes {parameters}")
-    source = inspect.getsource(_MessageWriter)
-    for attribute in ("self.messages", "self.sock", "self.negotiate_unix_fd", "sock.send("):
+    source = inspect.getsource(MessageBus)
+    called = set(re.findall(r"self\._writer\.(\w+)", source))
+    if called != {"schedule_write"}:
+        problems.append(f"MessageBus uses its writer's {sorted(called)}, not only schedule_write")
+    for attribute in ("self._writer =", "self._sock =", "self._fd =", "self._loop", "_finalize("):
         if attribute not in source:
-            problems.append(f"_MessageWriter no longer uses {attribute}")
+            problems.append(f"MessageBus no longer has {attribute.strip(' =(')}")
     if problems:
         raise InternalsChanged("dbus-fast changed: " + "; ".join(problems))
-
-
-class _SendWaitsOnEAGAIN:
-    """A socket whose ``send`` reports a full buffer as a zero-length write."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def send(self, data: Any) -> int:
-        try:
-            return self._sock.send(data)
-        except BlockingIOError:
-            return 0
-
-    def sendmsg(self, *args: Any) -> int:
-        try:
-            return self._sock.sendmsg(*args)
-        except BlockingIOError:
-            return 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 class BusLink:
@@ -90,12 +78,10 @@ class BusLink:
     publisher's ``Link``."""
 
     def __init__(self, bus: MessageBus) -> None:
+        assert bus._writer is not None, "connect() first"
         self.bus = bus
-        writer = bus._writer
-        assert writer is not None, "connect() first"
-        assert writer.sock is not None, "connect() first"
-        writer.sock = _SendWaitsOnEAGAIN(writer.sock)  # type: ignore[assignment]
-        self._writer = writer
+        self.writer = Writer(bus)
+        bus._writer = self.writer  # type: ignore[assignment]
 
     @classmethod
     async def connect(cls, address: str | None) -> BusLink:
@@ -113,23 +99,15 @@ class BusLink:
             raise NameTaken(f"{names.BUS_NAME} is owned by another connection")
 
     def send(self, entries: list[Entry]) -> None:
-        """Queue an Event signal per event and an EventsLost per loss, in order, as one buffer."""
-        self._queue([signal_of(entry) for entry in entries])
+        """Queue an Event signal per event and an EventsLost per loss, in order, as one
+        buffer; ConnectionError if the connection is gone."""
+        serial, frame = self.bus.next_serial, frames.signal
+        self.writer.write(b"".join(frame(*signal_of(entry), serial()) for entry in entries))
 
-    def emit_many(self, member: str, signature: str, bodies: list[list[Any]]) -> None:
-        """Queue signals as one buffer, so a window of them costs one write, not one each.
-        No future, no await: ordering and flow control are the caller's."""
-        self._queue([(member, signature, body) for body in bodies])
-
-    def _queue(self, signals: list[tuple[str, str, list[Any]]]) -> None:
-        buf = bytearray()
-        for member, signature, body in signals:
-            msg = Message.new_signal(names.OBJECT_PATH, names.INTERFACE, member, signature, body)
-            msg.serial = self.bus.next_serial()
-            buf += msg._marshall(self._writer.negotiate_unix_fd)
-        messages: deque[Any] = self._writer.messages
-        messages.append((buf, None, None))
-        self._writer.schedule_write(None, None)
+    async def drained(self) -> None:
+        """Return once the socket took all but a little of what was sent (at once if it did);
+        ConnectionError if the connection fails first."""
+        await self.writer.drained()
 
     def barrier(self) -> asyncio.Future[Message]:
         """A future that resolves once the bus daemon has read everything sent so far."""

@@ -36,7 +36,7 @@ from pnpbroker.core.table import DeviceSink
 from pnpbroker.errors import RebroadcastError
 from pnpbroker.journal import Journal, Record
 from pnpbroker.legacy import ProgramRunner, make_mode
-from pnpbroker.notify import report_status, sd_notify
+from pnpbroker.notify import sd_notify
 from pnpbroker.rebroadcast import Rebroadcaster
 from pnpbroker.resync import Pace, trigger_in_thread
 from pnpbroker.sources import Source
@@ -46,7 +46,12 @@ from pnpbroker.trouble import Trouble
 
 log = logging.getLogger(__name__)
 
-HOUSEKEEPING_SECONDS = 5.0
+#: Housekeeping (cursors saved, retention) while events come and go; an idle broker does it
+#: once more after the last of them, then only every IDLE_HOUSEKEEPING_SECONDS (retention by
+#: age) or when something happens: an idle broker does not wake up for nothing.
+HOUSEKEEPING_SECONDS, IDLE_HOUSEKEEPING_SECONDS = 5.0, 3600.0
+#: How often the service manager's status line (``systemctl status``) is brought up to date.
+STATUS_SECONDS = 1.0
 SHUTDOWN_PUBLISH_SECONDS = 10.0
 #: Counters always present in the Statistics property, zero until something happens.
 COUNTERS = (
@@ -79,6 +84,30 @@ class Sink(Protocol):
         journal."""
 
 
+class Changes:
+    """Wakes whoever waits for the journal's cursors to move (events journalled, handled,
+    acknowledged) or for a pause or resume; a publisher follower too."""
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def advance(self, through: int = 0) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, seconds: float | None = None) -> None:
+        """Return at the next change, or after ``seconds``."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(seconds):
+                await waiter
+        except TimeoutError:
+            pass
+
+
 class Pipeline:
     """Owns the journal, the stages, the sinks and the counters; serves the D-Bus object's needs
     (:class:`pnpbroker.bus.service.Core`) without knowing the bus."""
@@ -107,14 +136,16 @@ class Pipeline:
             source,
             journal,
             self.stats,
-            on_recorded=self.sequencer.notify,
+            on_recorded=self._recorded,
             on_overflow=self.losses.overflow,
             on_end=self._reader_ended,
             on_capped=self.losses.capped,
             on_room=self.losses.room,
             resume_room=max(1, journal.max_entries // 10),
         )
-        self.publisher.followers += [self.reader, self.losses]  # room again: resume, resync
+        self.changes = Changes()
+        # room again: resume, resync; and the status line
+        self.publisher.followers += [self.reader, self.losses, self.changes]
         room = burst_room(source.fileno())  # triggers (resync, Trigger) never outrun the reader
         self.pace = Pace(room, self.reader.caught_up) if room else None
         self.losses.resync.pace = self.pace
@@ -166,9 +197,11 @@ class Pipeline:
 
     def pause(self) -> None:
         self.sequencer.pause()
+        self.changes.advance()
 
     def resume(self) -> None:
         self.sequencer.resume()
+        self.changes.advance()
 
     def statistics(self) -> dict[str, int]:
         stats = dict.fromkeys(COUNTERS, 0)
@@ -197,10 +230,15 @@ class Pipeline:
         return [self.publisher, self.devices, *(sink for sink in extra if sink is not None)]
 
     # What the stages hand up.
+    def _recorded(self) -> None:
+        self.sequencer.notify()
+        self.changes.advance()
+
     def _handled(self) -> None:
         through = self.journal.handled
         for sink in self.sinks:
             sink.advance(through)
+        self.changes.advance()
 
     def _reader_ended(self, eof: bool) -> None:
         if eof:
@@ -272,10 +310,25 @@ class Pipeline:
             f"{stats['published']} published{forwarded}{paused}"
         )
 
+    async def _report_status(self) -> None:
+        """Send STATUS= to the service manager when it changed, at most once a second."""
+        last = ""
+        while True:
+            if (line := self.status_line()) != last:
+                sd_notify(f"STATUS={line}")
+                last = line
+                await asyncio.sleep(STATUS_SECONDS)
+            else:
+                await self.changes.wait()
+
     async def _housekeeping(self) -> None:
         """Save the cursors and apply retention; a journal that cannot be written is retried."""
+        done: tuple[int, int] | None = None  # the cursors at the last round that worked
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            if done == (self.journal.last, self.journal.published):
+                await self.changes.wait(IDLE_HOUSEKEEPING_SECONDS)
+            cursors = (self.journal.last, self.journal.published)
             try:
                 self.journal.flush()
                 pruned = self.journal.prune()
@@ -283,6 +336,7 @@ class Pipeline:
                 self._housekeeping_trouble.failed("journal housekeeping failed: %s", exc)
                 continue
             self._housekeeping_trouble.over("journal housekeeping works again")
+            done = cursors
             if pruned:
                 log.debug("retention removed %d journalled events", pruned)
 
@@ -305,7 +359,7 @@ class Pipeline:
         ]
         helpers = [
             start(self._housekeeping(), "housekeeping"),
-            start(report_status(self.status_line), "status"),
+            start(self._report_status(), "status"),
         ]
         await self._stop.wait()
         await self._drain(*stages)

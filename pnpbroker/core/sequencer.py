@@ -59,8 +59,17 @@ class Sequencer:
         self._running.set()
 
     def notify(self) -> None:
-        """New events were journalled."""
+        """New events were journalled. With no mode they are handled at once, here (no task
+        switch between the journal and the sinks)."""
+        if self.mode is None and not self.paused and not self._stopping:
+            self._skip()
         self._wake.set()
+
+    def _skip(self) -> None:
+        """Nothing to run: everything journalled counts as handled."""
+        if self.journal.handled < self.journal.last:
+            self.journal.skip_handling(self.journal.last)
+            self.on_handled()
 
     def stop(self) -> None:
         """Finish the event in hand, then return from :meth:`run`."""
@@ -83,9 +92,7 @@ class Sequencer:
             if self._stopping:
                 break
             if self.mode is None:  # nothing to run: all that is journalled is handled
-                if self.journal.handled < self.journal.last:
-                    self.journal.skip_handling(self.journal.last)
-                    self.on_handled()
+                self._skip()
                 self._wake.clear()
                 await self._wake.wait()
                 continue

@@ -32,13 +32,18 @@ def datagram(n: int, sender: int = 0, uid: int | None = 0) -> Datagram:
 
 class FakeLink:
     """Stands in for the D-Bus connection: records what it is sent; barriers resolve only when
-    the test says (``ack``), or all fail at once (``die``), as a dropped connection's would."""
+    the test says (``ack``), or all fail at once (``die``), as a dropped connection's would.
+    While ``full`` (a socket that takes nothing), ``drained`` waits until the test ``drain``s."""
 
     def __init__(self) -> None:
         self.entries: list[Entry] = []
         self.batches: list[int] = []
         self.barriers: list[asyncio.Future[Any]] = []
         self.broken = False
+        self.full = False
+        self._room = asyncio.Event()
+        #: How many times the queue waited for room.
+        self.waits = 0
 
     @property
     def sent(self) -> list[Record]:
@@ -61,6 +66,19 @@ class FakeLink:
         self.entries.extend(entries)
         self.batches.append(len(entries))
 
+    async def drained(self) -> None:
+        if self.full:
+            self.waits += 1
+            self._room.clear()
+            await self._room.wait()
+        if self.broken:
+            raise ConnectionResetError("fake link is broken")
+
+    def drain(self) -> None:
+        """The socket takes everything again."""
+        self.full = False
+        self._room.set()
+
     def barrier(self) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.barriers.append(future)
@@ -77,6 +95,7 @@ class FakeLink:
     def die(self) -> None:
         """The connection drops: every outstanding barrier fails, sending fails."""
         self.broken = True
+        self._room.set()
         for future in self.barriers:
             if not future.done():
                 future.set_exception(EOFError("fake link closed"))
