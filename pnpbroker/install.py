@@ -1,7 +1,9 @@
-"""Put the data files (bus policy, activation file, polkit actions, systemd units) where the
-system's dbus-daemon, polkitd and systemd look for them; and the man pages and the bash
-completion, made from the command line's parser (:mod:`pnpbroker.manpage`,
-:mod:`pnpbroker.completion`), where man and bash look for them.
+"""Put the data files (bus policy, activation file, polkit actions, systemd units, the
+sysusers.d file of the forwarder's user) where the system's dbus-daemon, polkitd and systemd
+look for them; and the man pages and the bash completion, made from the command line's parser
+(:mod:`pnpbroker.manpage`, :mod:`pnpbroker.completion`), where man and bash look for them.
+On a live system (no ``destdir``), :func:`create_users` then runs ``systemd-sysusers`` on the
+sysusers.d file, as a package's postinst does, so the users exist at once.
 
 The files are plain files in the source tree (``dbus/``, ``polkit/``, ``systemd/``). An installed
 package (``pip install``, the wheel, the Debian package's virtualenv) carries copies of them as
@@ -16,8 +18,10 @@ other than /usr is for staging (with ``destdir``) rather than for a live system.
 Standalone: ``python -m pnpbroker.install [--prefix /usr] [--destdir DIR] [--program PATH]``.
 """
 
+import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +38,18 @@ class DataFilesMissing(FileNotFoundError, BrokerError):
     """The data files are neither in the package nor in a checkout around it."""
 
 
+class UsersNotCreated(OSError, BrokerError):
+    """systemd-sysusers failed on the sysusers.d file."""
+
+
 @dataclass(frozen=True)
 class Rule:
-    """Files matching ``pattern`` in the source tree go to ``directory`` under the prefix."""
+    """Files matching ``pattern`` in the source tree go to ``directory`` under the prefix (as
+    ``name``, if given: debhelper's ``PACKAGE.sysusers`` becomes ``PACKAGE.conf`` so too)."""
 
     pattern: str
     directory: str
+    name: str = ""
 
 
 RULES = (
@@ -49,6 +59,7 @@ RULES = (
     Rule("polkit/*.policy", "share/polkit-1/actions"),
     Rule("systemd/*.service", "lib/systemd/system"),
     Rule("systemd/*.socket", "lib/systemd/system"),
+    Rule("systemd/pnpbroker.sysusers", "lib/sysusers.d", "pnpbroker.conf"),
 )
 MAN_DIR = "share/man/man8"
 COMPLETION_DIR = "share/bash-completion/completions"
@@ -96,8 +107,25 @@ def install(
     written = []
     for rule in RULES:
         for path in sorted(source.glob(rule.pattern)):
-            written.append(_copy(path, root / rule.directory, str(program)))
+            target = root / rule.directory / (rule.name or path.name)
+            written.append(_copy(path, target, str(program)))
     return written + _generated(root)
+
+
+def create_users(paths: Iterable[Path]) -> list[Path]:
+    """Run ``systemd-sysusers`` on the sysusers.d files among ``paths`` (as installed on a
+    live system): the users and groups exist now, not only after the next boot's
+    systemd-sysusers.service. Returns those files. FileNotFoundError without
+    systemd-sysusers (a system without systemd), UsersNotCreated when it fails."""
+    files = [path for path in paths if path.parent.name == "sysusers.d"]
+    if files:
+        done = subprocess.run(
+            ["systemd-sysusers", *map(str, files)],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise UsersNotCreated(f"systemd-sysusers failed: {done.stderr.strip()}")
+    return files
 
 
 def _generated(root: Path) -> list[Path]:
@@ -122,10 +150,9 @@ def _check_sources(source: Path) -> None:
         raise DataFilesMissing(f"data files missing under {source}: {', '.join(missing)}")
 
 
-def _copy(path: Path, directory: Path, program: str) -> Path:
+def _copy(path: Path, target: Path, program: str) -> Path:
     """Write one file (world-readable, as the daemons need) with the program path filled in."""
-    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    target = directory / path.name
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     target.write_text(path.read_text().replace(PROGRAM_IN_SOURCES, program))
     target.chmod(0o644)
     return target

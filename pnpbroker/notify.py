@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import Callable
+
+#: How often a status line is looked at (and sent, when it changed).
+STATUS_SECONDS = 1.0
 
 
 def sd_notify(state: str) -> bool:
@@ -20,3 +25,14 @@ def sd_notify(state: str) -> bool:
         except OSError:
             return False
     return True
+
+
+async def report_status(status_line: Callable[[], str]) -> None:
+    """Send ``STATUS=`` (what ``systemctl status`` shows) whenever ``status_line()`` changed,
+    at most once every :data:`STATUS_SECONDS`; until cancelled."""
+    last = ""
+    while True:
+        if (line := status_line()) != last:
+            sd_notify(f"STATUS={line}")
+            last = line
+        await asyncio.sleep(STATUS_SECONDS)

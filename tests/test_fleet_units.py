@@ -5,7 +5,9 @@ a forwarder stand-in (a real unix socket, a real journal)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -160,6 +162,24 @@ async def test_feed_sends_from_the_cursor_within_its_window(tmp_path: Path) -> N
         feed.close()
 
 
+async def test_feed_makes_its_directory_reachable_whatever_the_umask(tmp_path: Path) -> None:
+    """pnpbroker.service runs with UMask=0077; the forwarder, another user, must still reach
+    the socket in the directory the daemon makes (/run/pnpbroker): 0755, the socket guards."""
+    journal = journal_with(tmp_path, 1)
+    path = tmp_path / "run" / "pnpbroker" / "feed.sock"
+    old = os.umask(0o077)
+    try:
+        feed = Feed(path, "", journal)
+        await feed.start()
+    finally:
+        os.umask(old)
+    try:
+        assert path.parent.stat().st_mode & 0o777 == 0o755
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        feed.close()
+
+
 async def test_feed_reports_what_retention_took_and_refuses_bad_acks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -269,3 +289,125 @@ async def test_forwarder_acks_contiguous_pubacks_and_skips_what_paho_has(
     session.puback(2)
     await asyncio.sleep(0)
     assert feed.lines[-1] == frames.ack(3)
+
+
+async def test_a_stop_hands_the_last_ack_to_a_feed_that_comes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PUBACKs came while the broker was restarting (no feed): the stop waits for the feed
+    to send again from its cursor, writes the ack, and publishes nothing new meanwhile."""
+    from pnpbroker.fleet import forwarder as module
+
+    monkeypatch.setattr(module, "Session", FakeSession)
+    fwd = module.Forwarder(from_mapping({"broker": "m", "host": "h"}))
+    session = fwd.mqtt
+    assert isinstance(session, FakeSession)
+    fwd.journal_id = "j1"
+    for n in (1, 2, 3):
+        fwd._take(frames.read(_event_line(n), "h", "j1"))
+    session.puback(0)
+    session.puback(1)
+    session.puback(2)
+    await asyncio.sleep(0)  # no feed: the ack waits
+    assert (fwd.acked, fwd.written) == (3, 0)
+    fwd.stop()
+    drain = asyncio.create_task(fwd._drain())
+    await asyncio.sleep(0.01)
+    assert not drain.done()
+    feed = FakeFeed()
+    fwd._feed, fwd.seen, fwd.written = feed, 0, 0  # type: ignore[assignment]  # the broker back
+    for n in (1, 2, 3, 4):  # from its cursor, and a new event
+        fwd._take(frames.read(_event_line(n), "h", "j1"))
+    await asyncio.wait_for(drain, 1)
+    assert feed.lines[-1] == frames.ack(3)
+    assert len(session.published) == 3  # 4 is left for the next start
+
+
+async def test_a_stop_without_a_feed_gives_up_after_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pnpbroker.fleet import forwarder as module
+
+    monkeypatch.setattr(module, "Session", FakeSession)
+    monkeypatch.setattr(module, "STOP_SECONDS", 0.05)
+    fwd = module.Forwarder(from_mapping({"broker": "m", "host": "h"}))
+    fwd.journal_id, fwd.acked = "j1", 3
+    fwd.stop()
+    await asyncio.wait_for(fwd._drain(), 5)
+    assert fwd.written == 0  # the next start sends 1..3 again: duplicates, said in the docs
+
+
+class AckingSession(FakeSession):
+    """A FakeSession whose server acknowledges each PUBLISH at once, connected throughout."""
+
+    def __init__(self, cfg: object, **callbacks: Any) -> None:
+        super().__init__(cfg, **callbacks)
+        self.connected, self.closed = asyncio.Event(), asyncio.Event()
+        self.connected.set()
+
+    async def run(self) -> None:
+        await self.closed.wait()
+
+    async def close(self) -> None:
+        self.closed.set()
+
+    def publish(self, topic: str, payload: bytes, *, token: Any = None, **_: object) -> None:
+        super().publish(topic, payload, token=token)
+        if token is not None:
+            asyncio.get_running_loop().call_soon(self.on_ack, token)
+
+
+async def test_a_stop_with_events_unread_still_delivers_every_ack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker stand-in on a real unix socket writes more events after each ack, as the
+    daemon does, and reads acks until the forwarder hangs up: the forwarder's last ack arrives
+    although events were left unread (a plain close resets the connection: the stand-in's next
+    write fails, asyncio stops reading, and the acks still in the socket are lost)."""
+    from pnpbroker.fleet import forwarder as module
+
+    monkeypatch.setattr(module, "Session", AckingSession)
+    path = tmp_path / "feed.sock"
+    acks: list[int] = []
+    ends: list[str] = []
+    done = asyncio.Event()
+    lines = [_event_line(n) for n in range(1, 100001)]
+
+    async def devices(writer: asyncio.StreamWriter) -> None:
+        """The device table's changes, written as they happen (a burst of links)."""
+        device = frames.device(Device("/devices/virtual/net/x", "net", {}), "j1")
+        while not writer.is_closing():
+            writer.write(device * 200)
+            await asyncio.sleep(0.001)
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """As the daemon's feed: more events after each ack, while the connection lasts."""
+        writer.write(frames.hello("j1") + b"".join(lines[:2000]))
+        sent, changes = 2000, asyncio.create_task(devices(writer))
+        try:
+            while line := await reader.readline():
+                acks.append(frames.read_ack(line))
+                if not writer.is_closing():
+                    writer.write(b"".join(lines[sent : sent + 500]))
+                    sent += 500
+            ends.append("end of file")
+        except ConnectionError as exc:
+            ends.append(repr(exc))
+        writer.close()
+        await changes
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        done.set()
+
+    server = await asyncio.start_unix_server(broker, path)
+    fwd = module.Forwarder(from_mapping({"broker": "m", "host": "h", "feed": str(path)}))
+    running = asyncio.create_task(fwd.run())
+    await asyncio.sleep(0.2)  # it publishes some, the rest waits in the socket
+    fwd.stop()
+    assert await asyncio.wait_for(running, 10) == 0
+    await asyncio.wait_for(done.wait(), 10)
+    server.close()
+    await server.wait_closed()
+    assert fwd.acked > 0
+    assert acks[-1:] == [fwd.acked]
+    assert ends == ["end of file"]  # a hang-up, not a reset

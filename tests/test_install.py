@@ -19,6 +19,8 @@ REQUIRED = {
     "usr/share/dbus-1/system-services/org.pnp.Broker.service": "dbus/org.pnp.Broker.service",
     "usr/share/polkit-1/actions/org.pnp.Broker.policy": "polkit/org.pnp.Broker.policy",
     "usr/lib/systemd/system/pnpbroker.service": "systemd/pnpbroker.service",
+    "usr/lib/systemd/system/pnpbroker-forward.service": "systemd/pnpbroker-forward.service",
+    "usr/lib/sysusers.d/pnpbroker.conf": "systemd/pnpbroker.sysusers",
 }
 DIRECTORIES = {
     "usr/share/dbus-1/system.d",
@@ -26,6 +28,7 @@ DIRECTORIES = {
     "usr/share/dbus-1/interfaces",
     "usr/share/polkit-1/actions",
     "usr/lib/systemd/system",
+    "usr/lib/sysusers.d",
     "usr/share/man/man8",
     "usr/share/bash-completion/completions",
 }
@@ -93,6 +96,52 @@ def test_installed_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=60
     )
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_sysusers_file_makes_the_forwarders_user(tmp_path: Path) -> None:
+    """The real systemd-sysusers, on a root of its own, creates the system user and group."""
+    require_binaries(("systemd-sysusers",))
+    [conf] = [p for p in install(destdir=tmp_path) if p.parent.name == "sysusers.d"]
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    result = subprocess.run(
+        ["systemd-sysusers", f"--root={root}", str(conf)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [user] = [line.split(":") for line in (root / "etc/passwd").read_text().splitlines()
+              if line.startswith("pnpbroker-forward:")]  # fmt: skip
+    [group] = [line.split(":") for line in (root / "etc/group").read_text().splitlines()
+               if line.startswith("pnpbroker-forward:")]  # fmt: skip
+    assert int(user[2]) < 1000
+    assert user[3] == group[2]
+    assert user[6] == "/usr/sbin/nologin"
+
+
+def test_command_without_destdir_creates_the_users(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a live system ``pnpbroker install`` runs systemd-sysusers on the file it put in
+    place; without systemd-sysusers it says what to do and succeeds; a failure is exit 111.
+    (The live run, in a machine booted with systemd: tests/system/test_systemd_fleet.py.)
+    Here a PATH of scripts stands in for systemd-sysusers, and the prefix is under tmp_path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "argv"
+    fake = bin_dir / "systemd-sysusers"
+    prefix = tmp_path / "usr"
+    monkeypatch.setenv("PATH", str(bin_dir))
+    fake.write_text(f'#!/bin/sh\necho "$@" > {log}\n')
+    fake.chmod(0o755)
+    assert main(["install", "--prefix", str(prefix)]) == 0
+    assert log.read_text().split() == [str(prefix / "lib/sysusers.d/pnpbroker.conf")]
+    fake.write_text("#!/bin/sh\necho bad line >&2\nexit 1\n")
+    capsys.readouterr()
+    assert main(["install", "--prefix", str(prefix)]) == 111
+    assert "systemd-sysusers failed: bad line" in capsys.readouterr().err
+    fake.unlink()
+    assert main(["install", "--prefix", str(prefix)]) == 0
+    assert "no systemd-sysusers here" in capsys.readouterr().err
 
 
 def test_bus_daemon_accepts_the_activation_file(tmp_path: Path) -> None:

@@ -376,6 +376,9 @@ async def test_hotplug_d_skip_and_limits_through_the_broker(
     assert ([run["status"] for run in add["runs"]], add["status"]) == ([0, 3, 0], 3)
     assert handlers  # the remove and the queues events: all skipped, all published
     assert all(handler == {"skipped": True} for handler in handlers.values())
-    assert (out / "log").read_text().splitlines() == [
+    # Other devices' events leak in from the host (the default handler runs for them too):
+    # only the net ones are this test's.
+    ours = [line for line in (out / "log").read_text().splitlines() if line.split()[1] == "net"]
+    assert ours == [
         f"{name}.hotplug net add {NOBODY} 77" for name in ("10-first", "20-fails", "90-last")
     ]

@@ -16,6 +16,7 @@ from support import skip_or_fail
 from support.broker import BrokerProcess
 from support.bus import POLICY_FILE, POLKIT_BUS_POLICY, SystemBus
 from support.collector import SignalCollector, connect, disconnect
+from support.docsteps import Step, documented_steps
 from support.netns import (
     NetNS,
     Uevent,
@@ -329,6 +330,22 @@ def test_burst_gives_one_add_per_link_and_group_delete_removes_all(netns: NetNS)
         removed = collect_uevents(sock, is_net_event("remove", names), len(names))
     assert sorted(e["INTERFACE"] for e in added) == sorted(names)
     assert sorted(e["INTERFACE"] for e in removed) == sorted(names)
+
+
+def test_documented_steps_are_a_sections_scripts_and_named_files(tmp_path: Path) -> None:
+    doc = tmp_path / "page.md"
+    doc.write_text(
+        "# Page\n\n## Set up\n\n```toml\n# /etc/a.toml\nk = 1\n```\n\n"
+        "```\n# not a path\n```\n\n### Deeper\n\n```sh\necho one\n# ## not a heading\n```\n\n"
+        "```json\n{}\n```\n\n## Next\n\n```sh\necho two\n```\n"
+    )
+    assert documented_steps(doc, "Set up") == [
+        Step("# /etc/a.toml\nk = 1\n", "/etc/a.toml"),
+        Step("echo one\n# ## not a heading\n"),
+    ]
+    assert documented_steps(doc, "Deeper") == [Step("echo one\n# ## not a heading\n")]
+    with pytest.raises(AssertionError, match="no section"):
+        documented_steps(doc, "Missing")
 
 
 def test_a_broker_process_leaves_no_directory_behind(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ FILES = {
     "systemd/pnpbroker.service": "usr/lib/systemd/system/pnpbroker.service",
     "systemd/pnpbroker.socket": "usr/lib/systemd/system/pnpbroker.socket",
     "systemd/pnpbroker-forward.service": "usr/lib/systemd/system/pnpbroker-forward.service",
+    "systemd/pnpbroker.sysusers": "usr/lib/sysusers.d/pnpbroker.conf",
 }
 
 

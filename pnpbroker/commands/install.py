@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from pnpbroker.contract import ExitCode
-from pnpbroker.install import DEFAULT_PREFIX, install
+from pnpbroker.install import DEFAULT_PREFIX, create_users, install
 
-HELP = "put the bus, polkit and systemd files in place"
+HELP = "put the bus, polkit and systemd files in place, and create the forwarder's user"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Install, print each path written: 0, 100 (a relative path), 111 (cannot write)."""
+    """Install, print each path written, then (no ``--destdir``: a live system) create the
+    users: 0, 100 (a relative path), 111 (cannot write, systemd-sysusers failed)."""
     try:
         paths = install(args.prefix, args.destdir, program=args.program)
     except ValueError as exc:
@@ -35,4 +36,20 @@ def main(args: argparse.Namespace) -> int:
         return ExitCode.SYSTEM
     for path in paths:
         print(path)
+    return ExitCode.OK if args.destdir else _create_users(paths)
+
+
+def _create_users(paths: list[Path]) -> int:
+    try:
+        create_users(paths)
+    except FileNotFoundError:
+        names = " ".join(str(p) for p in paths if p.parent.name == "sysusers.d")
+        print(
+            f"pnpbroker install: no systemd-sysusers here; create the users of {names} "
+            "yourself if you run pnpbroker forward (docs/fleet.md)",
+            file=sys.stderr,
+        )
+    except OSError as exc:
+        print(f"pnpbroker install: {exc}", file=sys.stderr)
+        return ExitCode.SYSTEM
     return ExitCode.OK

@@ -59,7 +59,11 @@ class Feed:
     async def start(self) -> None:
         """Bind the socket (a stale one from a crash is replaced), mode 0600, or 0660 with the
         group."""
-        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if not self.path.parent.is_dir():
+            # 0755 whatever the umask (the unit's is 0077): the forwarder, another user, must
+            # reach the socket; the socket's own mode is what guards it.
+            self.path.parent.mkdir(parents=True)
+            self.path.parent.chmod(0o755)
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(self.path.lstat().st_mode):
                 self.path.unlink()
@@ -80,18 +84,23 @@ class Feed:
 
     # The table's Watcher protocol.
     def changed(self, sequence: int, devpath: str, device: Device | None) -> None:
-        if self._writer is None:
+        if (writer := self._open_writer()) is None:
             return
         if device is None:
             self._sent_devices.discard(devpath)
-            self._writer.write(frames.gone(devpath))
+            writer.write(frames.gone(devpath))
         else:
             self._sent_devices.add(devpath)
-            self._writer.write(frames.device(device, self.journal.journal_id))
+            writer.write(frames.device(device, self.journal.journal_id))
 
     def replaced(self, sequence: int) -> None:
-        if self._writer is not None:
-            self._send_devices(self._writer)
+        if (writer := self._open_writer()) is not None:
+            self._send_devices(writer)
+
+    def _open_writer(self) -> asyncio.StreamWriter | None:
+        """The forwarder's connection, unless it is going (asyncio warns of each write then)."""
+        writer = self._writer
+        return None if writer is None or writer.is_closing() else writer
 
     def _send_devices(self, writer: asyncio.StreamWriter) -> None:
         """Every device, and a clear for those sent before that are gone."""
@@ -141,8 +150,7 @@ class Feed:
     def _send_some(self) -> None:
         """Write what the window allows, a page at a time; the rest after the loop had a turn."""
         self._again = None
-        writer = self._writer
-        if writer is None or writer.is_closing():
+        if (writer := self._open_writer()) is None:
             return
         room = WINDOW - (self.sent - self.journal.forwarded)
         through = self._on_disk()

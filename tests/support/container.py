@@ -35,10 +35,16 @@ from typing import TypeVar
 CACHE = Path(os.environ.get("PNPBROKER_TEST_CACHE", "/var/cache/pnpbroker-tests"))
 MIRROR = os.environ.get("PNPBROKER_TEST_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
-#: What a small Debian 12 system with systemd, the system bus and polkit has.
-PACKAGES = "systemd,systemd-sysv,libpam-systemd,dbus,polkitd,python3,python3-venv,iproute2"
+#: What a small Debian 12 system with systemd, the system bus and polkit has; and Debian's
+#: mosquitto, the MQTT broker of the fleet tests (the machine is offline: it is in the tree,
+#: disabled, so machines that do not use it boot as before).
+PACKAGES = (
+    "systemd,systemd-sysv,libpam-systemd,dbus,polkitd,python3,python3-venv,iproute2,mosquitto"
+)
+#: Units the packages enable that the tests start themselves.
+DISABLED = ("mosquitto.service",)
 #: Bump when the way the tree is made changes (the hash then names a new tree).
-RECIPE = 1
+RECIPE = 2
 NSPAWN_DIR = Path("/run/systemd/nspawn")
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 #: Where the host directory shared with a machine appears inside it.
@@ -63,7 +69,7 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float = 120.0) -
 
 
 def rootfs_key() -> str:
-    recipe = json.dumps([RECIPE, SUITE, MIRROR, PACKAGES, "minbase"])
+    recipe = json.dumps([RECIPE, SUITE, MIRROR, PACKAGES, DISABLED, "minbase"])
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
@@ -90,6 +96,10 @@ def _debootstrap(tree: Path) -> None:
         )  # fmt: skip
         # No host name from the host, no downloaded packages kept: a smaller, neutral tree.
         (work / "root/etc/hostname").write_text("pnpt\n")
+        subprocess.run(
+            ["systemctl", f"--root={work / 'root'}", "disable", "--quiet", *DISABLED],
+            check=True, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
         shutil.rmtree(work / "root/var/cache/apt/archives", ignore_errors=True)
         (work / "root").rename(tree)
     except subprocess.CalledProcessError as exc:

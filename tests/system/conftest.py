@@ -17,7 +17,7 @@ import pytest
 from support import REPO_ROOT, require_binaries, require_root
 from support.container import Machine, machine
 
-from system.systemtools import documented_commands
+from system.systemtools import documented_commands, reset_broker
 
 NEEDED = ("systemd-nspawn", "debootstrap", "nsenter", "mountpoint", "ip")
 WHEELS_INSIDE = "/mnt/wheels"
@@ -55,16 +55,6 @@ def pip_machine(wheels: Path) -> Iterator[Machine]:
             command = command.replace("/path/to/pnpbroker", f"{WHEELS_INSIDE}/{wheel.name}")
             booted.run(command, env=offline)
         yield booted
-
-
-def reset_broker(booted: Machine) -> None:
-    """The broker as the route leaves it: enabled, running, socket-activated, no config file."""
-    booted.run(
-        "rm -rf /etc/pnpbroker /etc/polkit-1/rules.d/50-pnpbroker.rules; "
-        "systemctl reset-failed pnpbroker.service pnpbroker.socket; "
-        "systemctl enable --quiet pnpbroker.socket pnpbroker.service; "
-        "systemctl start pnpbroker.socket pnpbroker.service"
-    )
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
 from support import REPO_ROOT
 from support.container import Machine
@@ -45,3 +46,44 @@ def unit_property(booted: Machine, unit: str, name: str) -> str:
 
 def token() -> str:
     return os.urandom(3).hex()
+
+
+def reset_broker(booted: Machine) -> None:
+    """The broker as the route leaves it: enabled, running, socket-activated, no config file."""
+    booted.run(
+        "rm -rf /etc/pnpbroker /etc/polkit-1/rules.d/50-pnpbroker.rules; "
+        "systemctl reset-failed pnpbroker.service pnpbroker.socket; "
+        "systemctl enable --quiet pnpbroker.socket pnpbroker.service; "
+        "systemctl start pnpbroker.socket pnpbroker.service"
+    )
+
+
+class Bursts:
+    """Link add/delete bursts in the machine, in a thread, until stopped; names are recorded."""
+
+    def __init__(self, booted: Machine, size: int = 300, prefix: str = "rb") -> None:
+        self.booted = booted
+        self.size = size
+        self.prefix = prefix
+        self.names: set[str] = set()
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bursts")
+
+    def _run(self) -> None:
+        group = 7  # one netlink request deletes them all: a burst of removes too
+        while not self._stop.is_set():
+            batch = [f"{self.prefix}{self.rounds}x{i}" for i in range(self.size)]
+            adds = "".join(f"link add {name} group {group} type ifb\n" for name in batch)
+            self.booted.netns(["ip", "-batch", "-"], input=adds)
+            self.booted.netns(["ip", "link", "del", "group", str(group)])
+            self.names.update(batch)
+            self.rounds += 1
+
+    def __enter__(self) -> Bursts:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(300)

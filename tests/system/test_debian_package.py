@@ -19,6 +19,7 @@ from support.busmonitor import BusMonitor
 from support.container import CACHE, Machine, machine
 
 from pnpbroker import __version__
+from system.fleettools import FORWARD, assert_system_user, assert_whole, fleet, links_arrived
 from system.systemtools import documented_commands, links, token, unit_property
 
 DEB_INSIDE = "/mnt/deb"
@@ -99,6 +100,28 @@ def test_the_package_has_the_manual_and_the_completion_and_a_user_reads_the_tabl
     entry = deb_machine.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                              "pnpbroker", "info", "/sys/class/net/lo"])  # fmt: skip
     assert entry.stdout.splitlines()[:3] == ["P: /devices/virtual/net/lo", "M: lo", "U: net"]
+
+
+def test_the_package_ships_the_forwarder_disabled_with_its_user(deb_machine: Machine) -> None:
+    """apt install ran systemd-sysusers on the shipped file (dh_installsysusers' postinst)."""
+    assert_system_user(deb_machine)
+    assert unit_property(deb_machine, FORWARD, "UnitFileState") == "disabled"
+    assert unit_property(deb_machine, FORWARD, "ActiveState") == "inactive"
+    assert "path=/usr/bin/pnpbroker" in unit_property(deb_machine, FORWARD, "ExecStart")
+
+
+def test_the_fleet_set_up_as_documented_runs_from_the_package(
+    deb_machine: Machine, tmp_path: Path
+) -> None:
+    """docs/fleet.md's steps on the package's files: link events reach the subscriber."""
+    with fleet(deb_machine, tmp_path) as running:
+        assert running.program == "/usr/bin/pnpbroker"
+        names = {f"fd{token()}{i}" for i in range(10)}
+        links(deb_machine, sorted(names))
+        links(deb_machine, sorted(names), "del")
+        running.monitor.wait("the links' add events", links_arrived(names, "add"))
+        running.monitor.wait("the links' remove events", links_arrived(names, "remove"))
+        assert_whole(running.monitor)
 
 
 def test_apt_remove_stops_the_broker(deb_machine: Machine) -> None:

@@ -9,13 +9,12 @@ inside, as root would.
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 
 from support.busmonitor import BusMonitor, Event, KernelListener
 from support.container import SHARED, Machine, wait_for
 
-from system.systemtools import links, program, token, unit_property, use_config
+from system.systemtools import Bursts, links, program, token, unit_property, use_config
 
 EVENT_SIGNALS = "type='signal',interface='org.pnp.Broker1',member='Event'"
 
@@ -63,36 +62,6 @@ def restart_ready_seconds(booted: Machine) -> float:
     start = int(unit_property(booted, "pnpbroker.service", "InactiveExitTimestampMonotonic"))
     ready = int(unit_property(booted, "pnpbroker.service", "ActiveEnterTimestampMonotonic"))
     return (ready - start) / 1e6
-
-
-class Bursts:
-    """Link add/delete bursts in the machine, in a thread, until stopped; names are recorded."""
-
-    def __init__(self, booted: Machine, size: int = 300) -> None:
-        self.booted = booted
-        self.size = size
-        self.names: set[str] = set()
-        self.rounds = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bursts")
-
-    def _run(self) -> None:
-        group = 7  # one netlink request deletes them all: a burst of removes too
-        while not self._stop.is_set():
-            batch = [f"rb{self.rounds}x{i}" for i in range(self.size)]
-            adds = "".join(f"link add {name} group {group} type ifb\n" for name in batch)
-            self.booted.netns(["ip", "-batch", "-"], input=adds)
-            self.booted.netns(["ip", "link", "del", "group", str(group)])
-            self.names.update(batch)
-            self.rounds += 1
-
-    def __enter__(self) -> Bursts:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(300)
 
 
 def test_ten_restarts_during_bursts_lose_nothing(broker: Machine, record_property: object) -> None:
