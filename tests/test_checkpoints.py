@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.fakes import uevent, until
+from support.mounts import tmpfs
 
 from pnpbroker.checkpoints import PAGE_SIZE, PAGES
 from pnpbroker.journal import Journal, Record
@@ -84,13 +84,8 @@ async def test_the_worker_checkpoints_what_the_journal_no_longer_does(tmp_path: 
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    where = tmp_path / "state"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(where)], check=True)
-    try:
+    with tmpfs(tmp_path / "state", "size=24m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 def fill(where: Path) -> Path:

@@ -19,6 +19,7 @@ from support.broker import BrokerProcess
 from support.bus import SystemBus
 from support.collector import SignalCollector
 from support.coreclient import call, mine, read_program_log, statistics, wait_until, write_program
+from support.mounts import tmpfs
 from support.netns import NetNS
 
 pytestmark = pytest.mark.root
@@ -29,13 +30,8 @@ CAP = 4000
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    where = tmp_path / "state"
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(where)], check=True)
-    try:
+    with tmpfs(tmp_path / "state", "size=192k") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 def sequences(collector: SignalCollector) -> dict[int, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shlex
 import stat
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from support import require_binaries
 from support.bus import SystemBus
 from support.collector import SignalCollector
+from support.mounts import tmpfs
 from support.netns import NetNS
 from test_legacy import script, start_broker, wait_for_event
 
@@ -46,13 +46,8 @@ exit $rc' {dev} "$@"
 def tmpfs_dev(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs for mdev's /dev, mounted for this test only."""
     require_binaries(("busybox", "unshare", "mount", "umount", "stat"))
-    dev = tmp_path / "dev"
-    dev.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "pnpt-mdev", str(dev)], check=True)
-    try:
+    with tmpfs(tmp_path / "dev", "mode=755", "pnpt-mdev") as dev:
         yield dev
-    finally:
-        subprocess.run(["umount", str(dev)], check=True)
 
 
 def numbers(devpath: str) -> str:

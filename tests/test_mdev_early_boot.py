@@ -25,6 +25,7 @@ import pytest
 from support import require_binaries
 from support.broker import BrokerProcess
 from support.bus import SystemBus
+from support.mounts import tmpfs
 from support.netns import NetNS, collect_uevents, netns_uevent_socket
 from support.signals import Signals
 
@@ -58,13 +59,8 @@ class EarlyBootBroker(BrokerProcess):
 def empty_dev(tmp_path: Path) -> Iterator[Path]:
     """An empty tmpfs, as /dev is in early boot; unmounted after the test."""
     require_binaries(("busybox", "unshare", "nsenter", "mount", "umount"))
-    dev = tmp_path / "dev"
-    dev.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=755", "pnpt-dev", str(dev)], check=True)
-    try:
+    with tmpfs(tmp_path / "dev", "mode=755", "pnpt-dev") as dev:
         yield dev
-    finally:
-        subprocess.run(["umount", "--lazy", str(dev)], check=True)
 
 
 @pytest.fixture
