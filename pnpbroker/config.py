@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pnpbroker.configfile import apply, read_toml
 from pnpbroker.errors import ConfigError
 from pnpbroker.legacy import options as legacy
 from pnpbroker.rebroadcast import Target, parse_targets
@@ -133,29 +133,12 @@ def check_bus_address(address: str, where: str) -> None:
 
 def from_mapping(data: Mapping[str, object], base: Config | None = None) -> Config:
     """Apply ``data`` (TOML keys or overrides) on top of ``base``."""
-    known = {f.name for f in dataclasses.fields(Config)}
-    changes: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(key, "unknown key")
-        changes[key] = _convert(key, value)
-    return (base or Config()).replace(**changes)
+    return apply(base or Config(), data, _convert)
 
 
 def load(path: Path | None, overrides: Mapping[str, object] = {}) -> Config:
     """Read ``path`` (the default path may be missing), then apply command-line overrides."""
-    data: Mapping[str, object] = {}
-    where = path or DEFAULT_PATH
-    try:
-        with where.open("rb") as file:
-            data = tomllib.load(file)
-    except FileNotFoundError:
-        if path is not None:
-            raise ConfigError(str(where), "no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(where), f"not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(str(where), exc.strerror or str(exc)) from None
+    data = read_toml(path or DEFAULT_PATH, missing_ok=path is None)
     config = from_mapping(overrides, from_mapping(data))
     if not config.bus_address and (env := os.environ.get(ADDRESS_ENV)):
         check_bus_address(env, ADDRESS_ENV)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pnpbroker.configfile import apply, read_toml
 from pnpbroker.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -80,31 +81,13 @@ def _convert(key: str, value: object) -> object:
 
 
 def from_mapping(data: Mapping[str, object], base: FleetConfig | None = None) -> FleetConfig:
-    known = {f.name for f in dataclasses.fields(FleetConfig)}
-    changes: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(key, "unknown key")
-        changes[key] = _convert(key, value)
-    return (base or FleetConfig()).replace(**changes)
-
-
-def _toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except FileNotFoundError:
-        raise ConfigError(str(path), "no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(str(path), exc.strerror or str(exc)) from None
+    return apply(base or FleetConfig(), data, _convert)
 
 
 def load(path: Path | None, overrides: Mapping[str, object] = {}) -> FleetConfig:
     """Read ``path`` (default /etc/pnpbroker/forward.toml), apply overrides; ``broker`` is
     required."""
-    cfg = from_mapping(overrides, from_mapping(_toml(path or DEFAULT_PATH)))
+    cfg = from_mapping(overrides, from_mapping(read_toml(path or DEFAULT_PATH)))
     if not cfg.broker:
         raise ConfigError("broker", "no MQTT broker given (host name or address)")
     return cfg
